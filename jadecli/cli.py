@@ -1,0 +1,282 @@
+"""The `jade` command line: thin Typer commands over the engine.
+
+Each command turns its flags into a typed config and calls one engine function. Every problem a
+user can fix surfaces as `error: <one line>` on stderr and a non-zero exit code (1, or 2 for a bad
+flag value), never a traceback.
+
+    jade train --primary synth-street --auxiliary synth-hand --n-labeled 100 --out runs/demo
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from jadecli import __version__
+from jadecli.config import help_for
+from jadecli.errors import JadeError
+
+
+class JadeGroup(TyperGroup):
+    """Turns every error into one line on stderr and remembers the command line."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        argv = [str(info_name or "jade"), *list(args)]
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["jade.argv"] = argv
+        return ctx
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except JadeError as err:
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        except Exception as err:
+            # Click's usage errors (Typer may vendor Click, so match them by their interface).
+            if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+                raise
+            if type(err).__name__ == "NoArgsIsHelpError":
+                err.show()  # type: ignore[attr-defined]
+                sys.exit(err.exit_code)
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {err.format_message()}{hint}", err=True)
+            sys.exit(err.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=JadeGroup,
+    name="jade",
+    help="Train and analyse JADE models: a few labeled primary images, helped by a large "
+    "labeled auxiliary dataset of the same classes in another style.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"jadecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Train and analyse JADE models."""
+
+
+DATA, MODEL, OBJ, OPT, RUN = "Data", "Model", "Objective", "Optimisation", "Run"
+
+
+def _o(name: str, panel: str, **kw: Any) -> Any:
+    return typer.Option(help=help_for(name), rich_help_panel=panel, show_default=False, **kw)
+
+
+def _default_out(primary: str, auxiliary: str | None, model: str) -> Path:
+    def slug(text: str) -> str:
+        text = Path(text[len("folder:") :]).name if text.startswith("folder:") else text
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "data"
+
+    parts = [model, slug(primary)] + ([slug(auxiliary)] if auxiliary and model != "single" else [])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{'-'.join(parts)}-{stamp}"
+
+
+@app.command(no_args_is_help=True)
+def train(
+    ctx: typer.Context,
+    primary: Annotated[str | None, _o("primary", DATA)] = None,
+    auxiliary: Annotated[str | None, _o("auxiliary", DATA)] = None,
+    n_labeled: Annotated[str | None, _o("n_labeled", DATA, metavar="N|all")] = None,
+    labeled_selection: Annotated[str | None, _o("labeled_selection", DATA)] = None,
+    aux_per_class: Annotated[int | None, _o("aux_per_class", DATA, metavar="K")] = None,
+    data_dir: Annotated[str | None, _o("data_dir", DATA, metavar="DIR")] = None,
+    download: Annotated[bool | None, _o("download", DATA)] = None,
+    primary_size: Annotated[int | None, _o("primary_size", DATA, metavar="SIZE")] = None,
+    auxiliary_size: Annotated[int | None, _o("auxiliary_size", DATA, metavar="SIZE")] = None,
+    model: Annotated[str | None, _o("model", MODEL, metavar="single|paired|jade")] = None,
+    content_dim: Annotated[int | None, _o("content_dim", MODEL)] = None,
+    style_dim: Annotated[int | None, _o("style_dim", MODEL)] = None,
+    hidden_dim: Annotated[int | None, _o("hidden_dim", MODEL)] = None,
+    dropout: Annotated[float | None, _o("dropout", MODEL)] = None,
+    recon_weight: Annotated[float | None, _o("recon_weight", OBJ)] = None,
+    kl_weight: Annotated[float | None, _o("kl_weight", OBJ)] = None,
+    match_weight: Annotated[float | None, _o("match_weight", OBJ)] = None,
+    aux_ce_weight: Annotated[float | None, _o("aux_ce_weight", OBJ)] = None,
+    primary_ce_weight: Annotated[float | None, _o("primary_ce_weight", OBJ)] = None,
+    epochs: Annotated[int | None, _o("epochs", OPT)] = None,
+    epoch_size: Annotated[str | None, _o("epoch_size", OPT, metavar="N|all")] = None,
+    batch_size: Annotated[int | None, _o("batch_size", OPT)] = None,
+    lr: Annotated[float | None, _o("lr", OPT)] = None,
+    lr_schedule: Annotated[
+        str | None, _o("lr_schedule", OPT, metavar="constant|step|cosine")
+    ] = None,
+    adam_beta1: Annotated[float | None, _o("adam_beta1", OPT)] = None,
+    grad_clip: Annotated[float | None, _o("grad_clip", OPT)] = None,
+    seed: Annotated[int | None, _o("seed", OPT)] = None,
+    device: Annotated[str | None, _o("device", RUN)] = None,
+    eval_every: Annotated[int | None, _o("eval_every", RUN)] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE.yaml",
+            rich_help_panel=RUN,
+            help="YAML file of option values (keys as the flags, without '--'). Precedence: "
+            "code defaults < this file < flags.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            rich_help_panel=RUN,
+            help="Run folder to create. Default: runs/<model>-<primary>-<auxiliary>-<time>. An "
+            "existing non-empty folder is refused unless --resume or --overwrite.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            rich_help_panel=RUN,
+            help="Continue the run in --out from checkpoints/last.pt, with its saved config "
+            "(--epochs may be raised to train longer).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            rich_help_panel=RUN,
+            help="Delete the jadecli run already in --out and start afresh.",
+        ),
+    ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            rich_help_panel=RUN,
+            help="Live progress bars in a terminal (plain per-epoch lines otherwise).",
+        ),
+    ] = True,
+) -> None:
+    """Train a single classifier, a paired classifier or a JADE model; writes a run folder."""
+    from jadecli.engine import RunOptions, resolve_config
+    from jadecli.engine import train as run_training
+    from jadecli.errors import UsageError
+    from jadecli.progress import make_reporter
+
+    flags = {
+        "primary": primary,
+        "auxiliary": auxiliary,
+        "n_labeled": n_labeled,
+        "labeled_selection": labeled_selection,
+        "aux_per_class": aux_per_class,
+        "data_dir": data_dir,
+        "download": download,
+        "primary_size": primary_size,
+        "auxiliary_size": auxiliary_size,
+        "model": model,
+        "content_dim": content_dim,
+        "style_dim": style_dim,
+        "hidden_dim": hidden_dim,
+        "dropout": dropout,
+        "recon_weight": recon_weight,
+        "kl_weight": kl_weight,
+        "match_weight": match_weight,
+        "aux_ce_weight": aux_ce_weight,
+        "primary_ce_weight": primary_ce_weight,
+        "epochs": epochs,
+        "epoch_size": epoch_size,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "adam_beta1": adam_beta1,
+        "grad_clip": grad_clip,
+        "seed": seed,
+        "device": device,
+        "eval_every": eval_every,
+    }
+    argv = ctx.meta.get("jade.argv", [])
+    if resume and out is None:
+        raise UsageError("--resume needs --out: the run folder to continue")
+    options = RunOptions(out=out or Path("."), resume=resume, overwrite=overwrite, command=argv)
+    cfg = resolve_config(flags, config, options)
+    if out is None:
+        options.out = _default_out(cfg.primary, cfg.auxiliary, cfg.model)
+    reporter = make_reporter(progress)
+    try:
+        result = run_training(cfg, options, reporter)
+    finally:
+        reporter.close()
+    if result.already_complete:
+        typer.echo(
+            f"{result.run_dir} already completed {result.epochs_completed} epochs; nothing to "
+            "do (pass a larger --epochs to train longer)"
+        )
+    else:
+        typer.echo(
+            f"completed {result.epochs_completed} epochs in {result.seconds:.1f} s: "
+            f"{result.run_dir}"
+        )
+    acc_p = result.final.get("primary_test_accuracy")
+    acc_a = result.final.get("auxiliary_test_accuracy")
+    if acc_p is not None:
+        typer.echo(f"primary   test accuracy ({result.primary}): {100 * acc_p:.2f}%")
+    if acc_a is not None:
+        typer.echo(f"auxiliary test accuracy ({result.auxiliary}): {100 * acc_a:.2f}%")
+
+
+_LATER = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _not_yet(name: str) -> None:
+    typer.echo(
+        f"error: 'jade {name}' is not available yet in jadecli {__version__}; it is planned "
+        "for the next release",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
+@app.command(context_settings=_LATER, add_help_option=False)
+def evaluate(ctx: typer.Context) -> None:
+    """(Not available yet.) Accuracy, confusion matrix and test ELBO of a trained run."""
+    _not_yet("evaluate")
+
+
+@app.command("inspect-latents", context_settings=_LATER, add_help_option=False)
+def inspect_latents(ctx: typer.Context) -> None:
+    """(Not available yet.) Variance of each latent dimension within and across classes."""
+    _not_yet("inspect-latents")
+
+
+@app.command(context_settings=_LATER, add_help_option=False)
+def reconstruct(ctx: typer.Context) -> None:
+    """(Not available yet.) Reconstructions and style/content swaps of test images."""
+    _not_yet("reconstruct")
+
+
+def main() -> None:
+    """Console-script entry point (`jade`)."""
+    command = typer.main.get_command(app)
+    command.main(prog_name="jade")

@@ -1,0 +1,370 @@
+"""Typed configuration for `jade train`: code defaults < `--config FILE.yaml` < flags.
+
+Each field's `help` metadata is the `--help` text of its flag, so the documentation and the code
+cannot drift apart. `TrainConfig.__post_init__` rejects bad values with a message that names the
+flag; `resolve_train_config` merges the three layers and, when a bad value came from the YAML
+file, names the key and the file instead.
+
+    python -c "from jadecli.config import TrainConfig as C; print(C(primary='mnist', \
+n_labeled=100, auxiliary='synth-hand'))"
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jadecli.errors import UsageError
+
+MODELS = ("single", "paired", "jade")
+LR_SCHEDULES = ("constant", "step", "cosine")
+LABELED_SELECTIONS = ("random", "first")
+
+# Fields a resumed run may change; every other field is fixed by the run's saved config.
+RESUME_OVERRIDABLE = frozenset({"epochs", "device", "data_dir", "download", "eval_every"})
+
+
+class ConfigError(UsageError):
+    """A bad configuration value; `field` is the config key it belongs to."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field = field_name
+        self.problem = problem
+        super().__init__(f"{flag(field_name)} {problem}")
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of a config field: `batch_size` -> `--batch-size`."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what `jade train` computes (saved in the run's manifest)."""
+
+    # --- data ---
+    primary: str = _opt(
+        "",
+        "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
+        "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
+    )
+    auxiliary: str | None = _opt(
+        None,
+        "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
+        "Required for --model paired and jade.",
+    )
+    n_labeled: int | str | None = _opt(
+        None,
+        "Labeled primary training images to use: a multiple of the number of classes, drawn "
+        "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
+    )
+    labeled_selection: str = _opt(
+        "random",
+        "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
+        "(the first images of each class, as in the paper).",
+    )
+    aux_per_class: int | None = _opt(
+        None,
+        "Use only the first K auxiliary training images of each class (the paper: 4500). "
+        "Default: all of them.",
+    )
+    data_dir: str | None = _opt(
+        None,
+        "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
+        "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
+    )
+    download: bool = _opt(
+        False,
+        "Try torchvision's download when dataset files are missing (default: off; without it a "
+        "missing file is an error that says where to put it).",
+    )
+    primary_size: int | None = _opt(
+        None,
+        "Resize primary images to SIZE x SIZE. Default: keep their size (image folders whose "
+        "images differ in size are resized to the most common size).",
+    )
+    auxiliary_size: int | None = _opt(
+        None, "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size."
+    )
+    # --- model ---
+    model: str = _opt(
+        "jade",
+        "single: primary CNN + classifier. paired: a CNN per dataset, one shared classifier. "
+        "jade: a VAE per dataset whose content latents share the classifier.",
+    )
+    content_dim: int = _opt(
+        10,
+        "Size of the content latent (jade), which alone feeds the classifier; also the size of "
+        "the single/paired bottleneck.",
+    )
+    style_dim: int = _opt(10, "Size of the style latent of each jade VAE (decoder input only).")
+    hidden_dim: int = _opt(500, "Width of the shared classifier's three hidden layers.")
+    dropout: float = _opt(
+        0.0,
+        "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
+        "learning a lot in short schedules).",
+    )
+    # --- objective (reference.md, equation 2) ---
+    recon_weight: float = _opt(
+        1.0, "Weight of each image's reconstruction cross-entropy (summed over pixels)."
+    )
+    kl_weight: float = _opt(
+        1.0, "Weight of the KL terms to the N(0, I) prior (style; aux content)."
+    )
+    match_weight: float = _opt(
+        1.0, "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching."
+    )
+    aux_ce_weight: float = _opt(
+        1e4, "Weight of the auxiliary classification cross-entropy (as in the paper)."
+    )
+    primary_ce_weight: float = _opt(
+        1e5, "Weight of the primary classification cross-entropy (as in the paper)."
+    )
+    # --- optimisation ---
+    epochs: int = _opt(10, "Training epochs.")
+    epoch_size: int | str = _opt(
+        10000,
+        "Training examples per epoch: pairs for paired/jade, labeled images for single (drawn by "
+        "cycling through shuffled data), or 'all' for one pass over the auxiliary set (single: "
+        "over the labeled set), as in the paper.",
+    )
+    batch_size: int = _opt(100, "Pairs (or labeled images for single) per optimisation step.")
+    lr: float = _opt(1e-3, "Peak learning rate of Adam.")
+    lr_schedule: str = _opt(
+        "cosine",
+        "constant; step (x0.3 after 1/3 and x0.1 after 2/3 of training, as in the paper); or "
+        "cosine (decay to 1/100 of --lr).",
+    )
+    adam_beta1: float = _opt(0.9, "Adam's beta_1 (the paper used 0.1).")
+    grad_clip: float = _opt(
+        100.0, "Clip the gradient's global norm to this value (0 disables clipping)."
+    )
+    seed: int = _opt(0, "Seed for the labeled subset, pairing, initialisation and dropout.")
+    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    eval_every: int = _opt(
+        1,
+        "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
+        "choose a model.",
+    )
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        self._validate()
+
+    # Values may come from YAML as strings ("1e-3" is a string in YAML 1.1) or from flags.
+    def _normalise(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            setattr(self, f.name, _coerce(f.name, f.type, value))
+
+    def _validate(self) -> None:
+        if not self.primary:
+            raise ConfigError("primary", "is required: the few-label dataset, e.g. --primary svhn")
+        if self.model not in MODELS:
+            raise ConfigError("model", f"must be one of {', '.join(MODELS)} (got {self.model!r})")
+        if self.n_labeled is None:
+            raise ConfigError("n_labeled", "is required: e.g. --n-labeled 1000, or --n-labeled all")
+        if self.model != "single" and not self.auxiliary:
+            raise ConfigError(
+                "auxiliary", f"is required for --model {self.model}, e.g. --auxiliary mnist"
+            )
+        _positive_or_all("n_labeled", self.n_labeled)
+        _positive_or_all("epoch_size", self.epoch_size)
+        if self.labeled_selection not in LABELED_SELECTIONS:
+            raise ConfigError(
+                "labeled_selection",
+                f"must be one of {', '.join(LABELED_SELECTIONS)} (got {self.labeled_selection!r})",
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                "lr_schedule",
+                f"must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})",
+            )
+        for name in ("aux_per_class", "primary_size", "auxiliary_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(name, f"must be a positive integer (got {value})")
+        for name in ("content_dim", "style_dim", "hidden_dim", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(name, f"must be a positive integer (got {value})")
+        if self.eval_every < 0:
+            raise ConfigError(
+                "eval_every", f"must be 0 or a positive integer (got {self.eval_every})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", f"must be in [0, 1) (got {self.dropout})")
+        if not 0.0 <= self.adam_beta1 < 1.0:
+            raise ConfigError("adam_beta1", f"must be in [0, 1) (got {self.adam_beta1})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("lr", f"must be a positive number (got {self.lr})")
+        for name in (
+            "recon_weight",
+            "kl_weight",
+            "match_weight",
+            "aux_ce_weight",
+            "primary_ce_weight",
+            "grad_clip",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(name, f"must be a finite number >= 0 (got {value})")
+        if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
+            raise ConfigError(
+                "primary_ce_weight",
+                "and --aux-ce-weight are both 0: the classifier would not train",
+            )
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
+            raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str/int/float/bool/None) for the manifest and checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def _is_cuda_index(dev: str) -> bool:
+    prefix, _, index = dev.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _positive_or_all(name: str, value: int | str) -> None:
+    if isinstance(value, str):
+        if value != "all":
+            raise ConfigError(name, f"must be a positive integer or 'all' (got {value!r})")
+    elif value < 1:
+        raise ConfigError(name, f"must be a positive integer or 'all' (got {value})")
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Turn a flag or YAML value into the field's type, or raise a ConfigError naming it."""
+    kind = str(annotation)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(name, "needs a value (got nothing)")
+    if kind.startswith("int | str"):  # a count or "all"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "all":
+                return "all"
+            if text.lstrip("-").isdigit():
+                return int(text)
+            raise ConfigError(name, f"must be a positive integer or 'all' (got {value!r})")
+        return _as_int(name, value)
+    if kind.startswith("int"):
+        return _as_int(name, value)
+    if kind.startswith("float"):
+        if isinstance(value, bool):
+            raise ConfigError(name, f"must be a number (got {value!r})")
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(str(value))
+        except ValueError:
+            raise ConfigError(name, f"must be a number (got {value!r})") from None
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(name, f"must be true or false (got {value!r})")
+    if kind.startswith("str"):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(name, f"must be a string (got {value!r})")
+    return value
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(name, f"must be an integer (got {value!r})")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ConfigError(name, f"must be an integer (got {value!r})")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def help_for(name: str) -> str:
+    """The `--help` text of a field, with its default."""
+    for f in fields(TrainConfig):
+        if f.name == name:
+            text = f.metadata["help"]
+            default = f.default if f.default is not MISSING else None
+            if default not in (None, "") and not isinstance(default, bool):
+                text += f" (default: {default})"
+            return text
+    raise KeyError(name)
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    """Read a `--config` file: a mapping of TrainConfig keys (dashes or underscores)."""
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--config {path}: not valid YAML ({first})") from None
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"--config {path}: expected a mapping of option names to values, "
+            f"got a {type(data).__name__}"
+        )
+    known = field_names()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise UsageError(f"--config {path}: unknown key {key!r}{hint}")
+        out[name] = value
+    return out
+
+
+def resolve_train_config(
+    flags: dict[str, Any], config_file: Path | None = None, base: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Merge code defaults < `base` (a saved config) < YAML file < flags into a TrainConfig.
+
+    `flags` holds only the options the user gave (None means "not given").
+    """
+    merged: dict[str, Any] = dict(base or {})
+    from_file = load_yaml_config(config_file) if config_file is not None else {}
+    merged.update(from_file)
+    given = {k: v for k, v in flags.items() if v is not None}
+    merged.update(given)
+    try:
+        return TrainConfig(**merged)
+    except ConfigError as err:
+        if err.field not in given and err.field in from_file:
+            raise UsageError(f"{err.field} in {config_file}: {err.problem}") from None
+        raise

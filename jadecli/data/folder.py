@@ -1,0 +1,178 @@
+"""Image-folder datasets: `PATH/train/<class>/*` and `PATH/test/<class>/*`.
+
+This is how users bring their own data (scans of a rare disease, a lab's own digits). Any image
+format Pillow reads is accepted, in any mode and size:
+
+- grayscale modes stay one channel; if any image is in colour the whole dataset becomes RGB;
+- 16-bit and float images (common for scans) are scaled per image from their min..max to 0..255,
+  because a plain conversion would clip them to white;
+- images of different sizes are resized (bilinear, antialiased) to `size` x `size` when given,
+  else to the most common size in the dataset, with a warning.
+
+Files without an image extension (notes, .DS_Store, ...) are skipped with a warning; a file
+with an image extension that does not decode is an error naming it. Decoding runs once, in a
+thread pool, into one uint8 tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from jadecli.data.core import Dataset, ImageSet
+from jadecli.errors import DataError
+
+Warn = Callable[[str], None]
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+
+
+def image_extensions() -> set[str]:
+    """Every file extension Pillow can open (lower case, with the dot)."""
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def list_class_files(split_dir: Path) -> tuple[list[str], dict[str, list[Path]], list[Path]]:
+    """Classes (sorted sub-folders), their image files (recursive, sorted) and skipped files."""
+    exts = image_extensions()
+    classes = sorted(
+        entry.name
+        for entry in os.scandir(split_dir)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    files: dict[str, list[Path]] = {}
+    skipped: list[Path] = []
+    for cls in classes:
+        found: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(split_dir / cls, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                path = Path(dirpath) / fname
+                if fname.startswith(".") or path.suffix.lower() not in exts:
+                    skipped.append(path)
+                else:
+                    found.append(path)
+        files[cls] = found
+    return classes, files, skipped
+
+
+def _decode(path: Path) -> np.ndarray:
+    """One image as uint8 (H, W) for grayscale or (H, W, 3) for colour."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                arr = np.asarray(img, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+                return np.rint(scaled).astype(np.uint8)
+            if mode in _GRAY_MODES:
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot decode image {path} ({reason}); fix or remove the file") from None
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if arr.shape[:2] == (h, w):
+        return arr
+    img = Image.fromarray(arr)
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
+
+
+def _stack(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> torch.Tensor:
+    out = np.empty((len(arrays), channels, size[0], size[1]), dtype=np.uint8)  # (N, C, H, W)
+    for i, arr in enumerate(arrays):
+        arr = _resize(arr, size)
+        if arr.ndim == 2:
+            out[i] = arr[None] if channels == 1 else np.broadcast_to(arr, (3, *arr.shape))
+        else:
+            out[i] = arr.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def load_image_folder(
+    spec: str, root: Path, size: int | None, warn: Warn, flag: str = "--primary"
+) -> Dataset:
+    """Load `folder:PATH` into memory; `flag` names the option in error messages."""
+    where = f"{flag} {spec}"
+    if not root.exists():
+        raise DataError(f"{where}: no such folder {root}")
+    if not root.is_dir():
+        raise DataError(f"{where}: {root} is not a folder")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"{where}: missing {root / split}; an image folder dataset needs "
+                f"{root}/train/<class>/ and {root}/test/<class>/ sub-folders"
+            )
+    listing: dict[str, tuple[list[str], dict[str, list[Path]]]] = {}
+    skipped_all: list[Path] = []
+    for split in ("train", "test"):
+        classes, files, skipped = list_class_files(root / split)
+        skipped_all += skipped
+        if not classes:
+            raise DataError(
+                f"{where}: {root / split} has no class folders; put each class's images in "
+                f"{root / split}/<class name>/"
+            )
+        empty = [c for c in classes if not files[c]]
+        if empty and split == "train":
+            raise DataError(
+                f"{where}: class folder(s) {', '.join(empty)} in {root / split} hold no images"
+            )
+        listing[split] = ([c for c in classes if files[c]], files)
+    classes = listing["train"][0]
+    extra = sorted(set(listing["test"][0]) - set(classes))
+    if extra:
+        raise DataError(
+            f"{where}: {root / 'test'} has classes that {root / 'train'} lacks: {', '.join(extra)}"
+        )
+    if skipped_all:
+        example = skipped_all[0]
+        warn(
+            f"{spec}: skipped {len(skipped_all)} file(s) that are not images Pillow reads "
+            f"(e.g. {example})"
+        )
+
+    paths: dict[str, list[Path]] = {}
+    labels: dict[str, list[int]] = {}
+    for split in ("train", "test"):
+        files = listing[split][1]
+        paths[split] = [p for c in classes for p in files.get(c, [])]
+        labels[split] = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = {s: list(pool.map(_decode, paths[s])) for s in ("train", "test")}
+
+    all_arrays = decoded["train"] + decoded["test"]
+    channels = 3 if any(a.ndim == 3 for a in all_arrays) else 1
+    sizes = Counter(a.shape[:2] for a in all_arrays)
+    if size is not None:
+        target = (size, size)
+    else:
+        target = sizes.most_common(1)[0][0]
+        if len(sizes) > 1:
+            warn(
+                f"{spec}: images come in {len(sizes)} sizes; resizing all to the most common, "
+                f"{target[0]}x{target[1]} (set {flag}-size to choose)"
+            )
+    splits = [
+        ImageSet(_stack(decoded[s], channels, target), torch.tensor(labels[s], dtype=torch.long))
+        for s in ("train", "test")
+    ]
+    info = {
+        "source_sizes": sorted(f"{h}x{w}" for h, w in sizes),
+        "skipped_files": len(skipped_all),
+    }
+    return Dataset(spec, classes, splits[0], splits[1], root=str(root.resolve()), info=info)

@@ -1,0 +1,173 @@
+"""Dataset names -> in-memory `Dataset`s, and the primary/auxiliary pair with aligned classes.
+
+| name | source |
+| --- | --- |
+| `mnist`, `fashion-mnist` | torchvision IDX files in `DIR/MNIST/raw`, `DIR/FashionMNIST/raw` |
+| `svhn` | `DIR/SVHN/{train,test}_32x32.mat` |
+| `usps`, `mnist-m` | image folders `DIR/USPS`, `DIR/MNIST-M` (the layout of shared/data) |
+| `synth-street`, `synth-hand` | generated from a fixed seed, cached in `DIR/synth/` |
+| `folder:PATH` | your own image folders, `PATH/{train,test}/<class>/*` |
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from jadecli.data.core import DIGITS, Dataset, ImageSet
+from jadecli.data.folder import load_image_folder
+from jadecli.errors import DataError
+
+Warn = Callable[[str], None]
+
+# name -> (train size, test size, train seed, test seed); the data are fixed, runs vary by --seed.
+SYNTH = {
+    "synth-street": (10_000, 2_000, 1001, 1002),
+    "synth-hand": (12_000, 2_000, 2001, 2002),
+}
+FOLDER_BUILTINS = {"usps": "USPS", "mnist-m": "MNIST-M"}
+BUILTIN_NAMES = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", *SYNTH)
+
+
+def known_names() -> str:
+    return ", ".join(BUILTIN_NAMES) + ", folder:PATH"
+
+
+def load_dataset(
+    spec: str,
+    data_dir: Path,
+    download: bool,
+    size: int | None,
+    warn: Warn,
+    flag: str = "--primary",
+) -> Dataset:
+    """Load one dataset by name; `flag` names the option in error messages."""
+    if spec.startswith("folder:"):
+        path = spec[len("folder:") :]
+        if not path:
+            raise DataError(f"{flag} folder: needs a path, e.g. {flag} folder:data/scans")
+        return load_image_folder(spec, Path(path).expanduser(), size, warn, flag)
+    if spec in ("mnist", "fashion-mnist"):
+        from jadecli.data.torchvision_sets import load_idx_dataset
+
+        ds = load_idx_dataset(spec, data_dir, download)
+    elif spec == "svhn":
+        from jadecli.data.torchvision_sets import load_svhn
+
+        ds = load_svhn(data_dir, download, warn)
+    elif spec in FOLDER_BUILTINS:
+        root = data_dir / FOLDER_BUILTINS[spec]
+        if not (root / "train").is_dir():
+            raise DataError(
+                f"{spec}: expected the image folders {root}/train/<digit>/ and "
+                f"{root}/test/<digit>/ "
+                f"(as in shared/data/{FOLDER_BUILTINS[spec]}); point --data-dir at the folder "
+                f"that holds {FOLDER_BUILTINS[spec]}/, or use {flag} folder:PATH"
+            )
+        ds = load_image_folder(spec, root, size, warn, flag)
+        ds.name = spec
+        return ds
+    elif spec in SYNTH:
+        ds = load_synth(spec, data_dir, warn)
+    else:
+        raise DataError(f"{flag} {spec!r}: unknown dataset; use one of {known_names()}")
+    if size is not None:
+        ds.train.images = resize_images(ds.train.images, size)
+        ds.test.images = resize_images(ds.test.images, size)
+    return ds
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of uint8 (N, C, H, W) images to (N, C, size, size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = []
+    for chunk in images.split(4096):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def load_synth(name: str, data_dir: Path, warn: Warn) -> Dataset:
+    """The built-in pair, generated once and cached under `DIR/synth/`."""
+    from jadecli.data import synthetic
+
+    n_train, n_test, seed_train, seed_test = SYNTH[name]
+    cache = data_dir / "synth" / f"{name}-v{synthetic.SYNTH_VERSION}.pt"
+    payload = None
+    if cache.is_file():
+        try:
+            payload = torch.load(cache, map_location="cpu", weights_only=True)
+            _check_synth_payload(payload, n_train, n_test)
+        except Exception:
+            warn(f"{name}: the cache {cache} is unreadable; generating the data again")
+            payload = None
+    if payload is None:
+        gen = synthetic.generate_street if name == "synth-street" else synthetic.generate_hand
+        payload = {}
+        for split, n, seed in (("train", n_train, seed_train), ("test", n_test, seed_test)):
+            s = gen(n, seed)
+            payload[split] = {
+                "images": s.images,
+                "labels": s.labels,
+                "factors": dict(s.factors),
+                "categorical": list(s.categorical),
+                "factor_levels": {k: list(v) for k, v in s.factor_levels.items()},
+            }
+        _save_cache(cache, payload, warn)
+    splits = [
+        ImageSet(payload[s]["images"], payload[s]["labels"].long(), dict(payload[s]["factors"]))
+        for s in ("train", "test")
+    ]
+    info = {
+        "generator_version": synthetic.SYNTH_VERSION,
+        "style_factors": sorted(payload["train"]["factors"]),
+        "categorical_factors": list(payload["train"]["categorical"]),
+        "factor_levels": payload["train"]["factor_levels"],
+    }
+    return Dataset(name, list(DIGITS), splits[0], splits[1], root=str(cache.parent), info=info)
+
+
+def _check_synth_payload(payload: dict, n_train: int, n_test: int) -> None:
+    for split, n in (("train", n_train), ("test", n_test)):
+        part = payload[split]
+        if part["images"].dtype != torch.uint8 or part["images"].shape[0] != n:
+            raise ValueError("stale cache")
+        if part["labels"].shape != (n,):
+            raise ValueError("stale cache")
+
+
+def _save_cache(path: Path, payload: dict, warn: Warn) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        warn(f"could not cache the generated data in {path.parent} ({err.strerror}); continuing")
+
+
+def align_classes(primary: Dataset, auxiliary: Dataset) -> None:
+    """Make the auxiliary's label indices follow the primary's class order (matched by name)."""
+    p, a = set(primary.classes), set(auxiliary.classes)
+    if p != a:
+        only_p = ", ".join(sorted(p - a)) or "-"
+        only_a = ", ".join(sorted(a - p)) or "-"
+        raise DataError(
+            f"the primary ({primary.name}) and auxiliary ({auxiliary.name}) datasets must have "
+            f"the same class names; primary classes: {', '.join(primary.classes)}; auxiliary "
+            f"classes: {', '.join(auxiliary.classes)} (only in primary: {only_p}; only in "
+            f"auxiliary: {only_a})"
+        )
+    if primary.classes == auxiliary.classes:
+        return
+    remap = torch.tensor([primary.classes.index(c) for c in auxiliary.classes], dtype=torch.long)
+    auxiliary.train.labels = remap[auxiliary.train.labels]
+    auxiliary.test.labels = remap[auxiliary.test.labels]
+    auxiliary.classes = list(primary.classes)

@@ -1,0 +1,684 @@
+"""The training engine behind `jade train`: data -> model -> epochs -> a complete run directory.
+
+`train(config, options, reporter)` is the one entry point; it never prints (all messages go
+through the reporter) and raises `JadeError`s for everything a user can fix. Usable without the
+CLI:
+
+    python -c "from pathlib import Path; from jadecli.config import TrainConfig; \
+from jadecli.engine import RunOptions, train; from jadecli.progress import PlainReporter; \
+print(train(TrainConfig(primary='synth-street', auxiliary='synth-hand', n_labeled=100, epochs=1, \
+epoch_size=1000), RunOptions(Path('runs/api-demo')), PlainReporter()).final)"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import shlex
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from jadecli import __version__
+from jadecli.config import RESUME_OVERRIDABLE, TrainConfig, flag, resolve_train_config
+from jadecli.data.core import Dataset, ImageSet, default_data_dir
+from jadecli.data.registry import align_classes, load_dataset
+from jadecli.data.sampling import (
+    IndexStream,
+    PairSampler,
+    derive_seed,
+    first_per_class,
+    labeled_subset,
+)
+from jadecli.errors import Interrupted, JadeError, RunDirError, TrainingFailed, UsageError
+from jadecli.model import JADE, ModelSpec, build_model
+from jadecli.objective import TERMS, LossWeights, jade_terms, weighted_total
+from jadecli.progress import Reporter
+from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
+
+CHECKPOINT_FORMAT = 1
+EVAL_BATCH = 1000
+
+
+@dataclass
+class RunOptions:
+    """How to run, as opposed to what to compute (TrainConfig)."""
+
+    out: Path
+    resume: bool = False
+    overwrite: bool = False
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    epochs_completed: int
+    seconds: float
+    final: dict[str, Any]
+    primary: str
+    auxiliary: str | None
+    already_complete: bool = False
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def resolve_config(
+    flags: dict[str, Any], config_file: Path | None, options: RunOptions
+) -> TrainConfig:
+    """The run's config: defaults < YAML < flags; for --resume, the saved config plus the few
+    fields a resumed run may change (and an error for any other value that differs)."""
+    if not options.resume:
+        return resolve_train_config(flags, config_file)
+    if options.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    run = RunDir.open(options.out, flag="--out")
+    saved = run.read_manifest().get("config")
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{run.manifest_path} holds no config; the run cannot be resumed")
+    from jadecli.config import load_yaml_config
+
+    requested = dict(load_yaml_config(config_file)) if config_file is not None else {}
+    requested.update({k: v for k, v in flags.items() if v is not None})
+    saved_cfg = TrainConfig.from_dict(saved)
+    probe = TrainConfig(**{**saved, **requested})  # validates and normalises the request
+    for name in requested:
+        if name in RESUME_OVERRIDABLE:
+            continue
+        if getattr(probe, name) != getattr(saved_cfg, name):
+            raise UsageError(
+                f"{flag(name)} {getattr(probe, name)} differs from the run's saved value "
+                f"{getattr(saved_cfg, name)}; a resumed run keeps its config (only "
+                f"{', '.join(flag(n) for n in sorted(RESUME_OVERRIDABLE))} may change)"
+            )
+    return probe
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise JadeError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, no usable GPU); use --device cpu or --device auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise JadeError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise JadeError("--device mps: Apple's MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate at a global step (0-based): a pure function, so resume needs no state."""
+    frac = step / max(total_steps, 1)
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "step":  # the paper: 1e-3 / 3e-4 / 1e-4 over thirds of training
+        return cfg.lr * (1.0 if frac < 1 / 3 else 0.3 if frac < 2 / 3 else 0.1)
+    lo = cfg.lr / 100
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    primary: Dataset
+    auxiliary: Dataset | None
+    labeled_index: torch.Tensor  # indices into primary.train
+    labeled: ImageSet
+    aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
+
+
+def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    reporter.info(f"loading {cfg.primary} (primary)")
+    primary = load_dataset(
+        cfg.primary, data_dir, cfg.download, cfg.primary_size, reporter.warn, "--primary"
+    )
+    auxiliary = None
+    if cfg.model == "single":
+        if cfg.auxiliary:
+            reporter.warn(f"--auxiliary {cfg.auxiliary} is not used by --model single")
+    else:
+        assert cfg.auxiliary
+        reporter.info(f"loading {cfg.auxiliary} (auxiliary)")
+        auxiliary = load_dataset(
+            cfg.auxiliary,
+            data_dir,
+            cfg.download,
+            cfg.auxiliary_size,
+            reporter.warn,
+            "--auxiliary",
+        )
+        align_classes(primary, auxiliary)
+    index = labeled_subset(
+        primary.train.labels,
+        primary.classes,
+        cfg.n_labeled,
+        cfg.labeled_selection,
+        cfg.seed,
+        primary.name,
+    )
+    aux_train = None
+    if auxiliary is not None:
+        aux_train = auxiliary.train
+        if cfg.aux_per_class is not None:
+            keep = first_per_class(
+                auxiliary.train.labels, auxiliary.classes, cfg.aux_per_class, auxiliary.name
+            )
+            aux_train = auxiliary.train.subset(keep)
+    return TrainData(primary, auxiliary, index, primary.train.subset(index), aux_train)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def accuracy(
+    model: nn.Module, which: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> float:
+    """Accuracy of `model.classify_<which>` (posterior means for JADE), in eval mode."""
+    was_training = model.training
+    model.eval()
+    classify = getattr(model, f"classify_{which}")
+    correct = 0
+    for start in range(0, len(images), EVAL_BATCH):
+        x = images[start : start + EVAL_BATCH].to(device).float().div_(255)
+        y = labels[start : start + EVAL_BATCH].to(device)
+        correct += int((classify(x).argmax(1) == y).sum())
+    model.train(was_training)
+    return correct / max(len(images), 1)
+
+
+def evaluate_test(
+    model: nn.Module, data: TrainData, device: torch.device
+) -> dict[str, float | None]:
+    test = data.primary.test
+    out: dict[str, float | None] = {
+        "test_acc_primary": accuracy(model, "primary", test.images, test.labels, device),
+        "test_acc_aux": None,
+    }
+    if data.auxiliary is not None:
+        at = data.auxiliary.test
+        out["test_acc_aux"] = accuracy(model, "aux", at.images, at.labels, device)
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+def metric_columns(kind: str) -> list[str]:
+    return [
+        "epoch",
+        "lr",
+        "loss",
+        *TERMS[kind],
+        "train_acc_primary",
+        "train_acc_aux",
+        "test_acc_primary",
+        "test_acc_aux",
+        "seconds",
+        "examples_per_s",
+    ]
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, terms: dict[str, float], what: str):
+        self.step, self.terms, self.what = step, terms, what
+        super().__init__(what)
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device) if device.type != "cpu" else images
+
+
+class Trainer:
+    """One training session of a run (a fresh run, or a resumed one)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        p = data.primary
+        self.spec = ModelSpec(
+            kind=cfg.model,
+            primary_shape=p.image_shape,
+            auxiliary_shape=data.auxiliary.image_shape if data.auxiliary else None,
+            num_classes=p.num_classes,
+            content_dim=cfg.content_dim,
+            style_dim=cfg.style_dim,
+            hidden_dim=cfg.hidden_dim,
+            dropout=cfg.dropout,
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        self.model = build_model(self.spec).to(device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999)
+        )
+        self.weights = LossWeights(
+            cfg.recon_weight,
+            cfg.kl_weight,
+            cfg.match_weight,
+            cfg.aux_ce_weight,
+            cfg.primary_ce_weight,
+        )
+        self.terms = TERMS[cfg.model]
+        # Decoded uint8 images live on the training device once; batches are index lookups.
+        self.lab_x = _to_device(data.labeled.images, device)
+        self.lab_y = _to_device(data.labeled.labels, device)
+        if data.aux_train is not None:
+            self.aux_x = _to_device(data.aux_train.images, device)
+            self.aux_y = _to_device(data.aux_train.labels, device)
+            n = len(data.aux_train)
+            self.epoch_size = n if cfg.epoch_size == "all" else int(cfg.epoch_size)
+            self.sampler: PairSampler | IndexStream = PairSampler(
+                data.aux_train.labels, data.labeled.labels, p.num_classes, self.epoch_size, cfg.seed
+            )
+        else:
+            n = len(data.labeled)
+            self.epoch_size = n if cfg.epoch_size == "all" else int(cfg.epoch_size)
+            self.sampler = IndexStream(n, self.epoch_size, cfg.seed, "labeled")
+        self.steps_per_epoch = math.ceil(self.epoch_size / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        # CPU: check every step for a non-finite loss (free); GPU: batch the checks to avoid a
+        # host sync per step; a divergence is still pinned to its exact step.
+        self.check_every = 1 if device.type == "cpu" else 25
+
+    # --- checkpoints -------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        spec = asdict(self.spec)
+        spec["primary_shape"] = list(self.spec.primary_shape)
+        if self.spec.auxiliary_shape is not None:
+            spec["auxiliary_shape"] = list(self.spec.auxiliary_shape)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "jadecli_version": __version__,
+            "epoch": epoch,
+            "global_step": epoch * self.steps_per_epoch,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.cfg.to_dict(),
+            "model_spec": spec,
+            "classes": list(self.data.primary.classes),
+            "rng": rng,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return int(state["epoch"])
+
+    # --- one epoch ---------------------------------------------------------------------
+    def batch_loss(
+        self, idx: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Weighted loss, its unweighted terms, and the number of correct predictions."""
+        kind, dev = self.cfg.model, self.device
+        if kind == "single":
+            (pi,) = idx
+            xp = self.lab_x[pi].to(dev, non_blocking=True).float().div_(255)  # (B, C, H, W)
+            y = self.lab_y[pi].to(dev, non_blocking=True)
+            logits_p = self.model.classify_primary(xp)
+            terms = {"ce_primary": nn.functional.cross_entropy(logits_p, y)}
+            return weighted_total(terms, self.weights), terms, (logits_p.argmax(1) == y).sum(), None
+        ai, pi = idx
+        xa = self.aux_x[ai].to(dev, non_blocking=True).float().div_(255)
+        xp = self.lab_x[pi].to(dev, non_blocking=True).float().div_(255)
+        y = self.lab_y[pi].to(dev, non_blocking=True)  # == the auxiliary labels: same-class pairs
+        if kind == "paired":
+            logits_a = self.model.classify_aux(xa)
+            logits_p = self.model.classify_primary(xp)
+            terms = {
+                "ce_aux": nn.functional.cross_entropy(logits_a, y),
+                "ce_primary": nn.functional.cross_entropy(logits_p, y),
+            }
+        else:
+            assert isinstance(self.model, JADE)
+            out = self.model(xa, xp)
+            terms = jade_terms(out, xa, xp, y)
+            logits_a, logits_p = out.logits_aux, out.logits_primary
+        total = weighted_total(terms, self.weights)
+        return total, terms, (logits_p.argmax(1) == y).sum(), (logits_a.argmax(1) == y).sum()
+
+    def run_epoch(self, epoch: int, reporter: Reporter) -> dict[str, Any]:
+        """Train epoch `epoch` (0-based); returns its metrics row (without test accuracy)."""
+        cfg = self.cfg
+        # Reseed per epoch: dropout and latent noise then depend only on (seed, epoch), so a
+        # resumed run repeats exactly what the uninterrupted run would have done.
+        torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+        if isinstance(self.sampler, PairSampler):
+            aux_idx, prim_idx = self.sampler.epoch(epoch)
+            order: tuple[torch.Tensor, ...] = (aux_idx, prim_idx)
+        else:
+            order = (self.sampler.epoch(epoch),)
+        order = tuple(o.to(self.device) for o in order)
+        unit = "images" if cfg.model == "single" else "pairs"
+        reporter.start_epoch(epoch + 1, cfg.epochs, self.steps_per_epoch, unit)
+        self.model.train()
+        n_terms = len(self.terms)
+        sums = torch.zeros(n_terms + 1, dtype=torch.float64, device=self.device)
+        correct_p = torch.zeros((), dtype=torch.long, device=self.device)
+        correct_a = torch.zeros((), dtype=torch.long, device=self.device)
+        pending: list[torch.Tensor] = []  # per-step [terms..., total] awaiting the finite check
+        t0 = time.perf_counter()
+        seen = 0
+        lr = cfg.lr
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for step in range(self.steps_per_epoch):
+            global_step = epoch * self.steps_per_epoch + step
+            lr = lr_at(cfg, global_step, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            lo, hi = step * cfg.batch_size, min((step + 1) * cfg.batch_size, self.epoch_size)
+            total, terms, ok_p, ok_a = self.batch_loss(tuple(o[lo:hi] for o in order))
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            record = torch.stack(
+                [
+                    *(terms[t].detach() for t in self.terms),
+                    total.detach(),
+                    grad_norm.detach().to(total.dtype),
+                ]
+            )
+            pending.append(record)
+            if len(pending) >= self.check_every or step == self.steps_per_epoch - 1:
+                self._check_finite(pending, global_step - len(pending) + 1)
+                pending = []
+            self.optimizer.step()
+            b = hi - lo
+            seen += b
+            sums += record[: n_terms + 1].double() * b
+            correct_p += ok_p
+            if ok_a is not None:
+                correct_a += ok_a
+            if step % 10 == 9 or step == self.steps_per_epoch - 1:
+                elapsed = time.perf_counter() - t0
+                reporter.update(step + 1, float(sums[n_terms]) / seen, seen / max(elapsed, 1e-9))
+        seconds = time.perf_counter() - t0
+        means = (sums / max(seen, 1)).tolist()
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": means[n_terms]}
+        row.update({t: means[i] for i, t in enumerate(self.terms)})
+        row["train_acc_primary"] = int(correct_p) / max(seen, 1)
+        row["train_acc_aux"] = int(correct_a) / max(seen, 1) if cfg.model != "single" else None
+        row["seconds"] = seconds
+        row["examples_per_s"] = seen / max(seconds, 1e-9)
+        return row
+
+    def _check_finite(self, pending: list[torch.Tensor], first_step: int) -> None:
+        block = torch.stack(pending)  # (steps, n_terms + 2)
+        finite = torch.isfinite(block)
+        if bool(finite.all()):
+            return
+        bad_row = int(torch.nonzero(~finite.all(1)).flatten()[0])
+        values = block[bad_row].tolist()
+        named = dict(zip([*self.terms, "loss", "grad_norm"], values, strict=True))
+        bad = [k for k in (*self.terms, "loss") if not math.isfinite(named[k])]
+        if bad:
+            what = ", ".join(f"{k} = {named[k]}" for k in bad if k != "loss") or "loss"
+            what = f"non-finite loss term ({what})"
+        else:
+            what = f"non-finite gradient (norm {named['grad_norm']})"
+        raise Diverged(first_step + bad_row, named, what)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(np.__version__),
+        "platform": platform.platform(),
+    }
+
+
+def _final_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    last = rows[-1] if rows else {}
+
+    def num(v: Any) -> float | None:
+        return None if v in (None, "") else float(v)
+
+    return {
+        "primary_test_accuracy": num(last.get("test_acc_primary")),
+        "auxiliary_test_accuracy": num(last.get("test_acc_aux")),
+        "primary_train_accuracy": num(last.get("train_acc_primary")),
+        "loss": num(last.get("loss")),
+    }
+
+
+def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainResult:
+    """Train a model as `cfg` says and leave a complete run directory at `options.out`."""
+    out = options.out
+    if not options.resume:
+        check_new_run_target(out, options.overwrite)  # fail before the slow part
+    device = resolve_device(cfg.device)
+    # Denormal floats (which the decoders' gradients produce early in training) run up to 25x
+    # slower on x86 CPUs; flushing them to zero changes nothing a float32 model can notice.
+    torch.set_flush_denormal(True)
+    resume_state: dict[str, Any] | None = None
+    if options.resume:
+        run = RunDir.open(out, flag="--out")
+        manifest = run.read_manifest()
+        resume_state = run.load_checkpoint()
+        saved = TrainConfig.from_dict(resume_state["config"])
+        for f in TrainConfig.__dataclass_fields__:
+            if f not in RESUME_OVERRIDABLE and getattr(saved, f) != getattr(cfg, f):
+                raise RunDirError(
+                    f"{run.checkpoint_path} was written with {f} = {getattr(saved, f)!r} but the "
+                    f"manifest says {getattr(cfg, f)!r}; the run folder is inconsistent"
+                )
+        if int(resume_state["epoch"]) >= cfg.epochs:
+            done = int(resume_state["epoch"])
+            if manifest.get("status") == "completed" and done == cfg.epochs:
+                return TrainResult(
+                    out,
+                    "completed",
+                    done,
+                    0.0,
+                    manifest.get("final_metrics") or {},
+                    cfg.primary,
+                    cfg.auxiliary if cfg.model != "single" else None,
+                    already_complete=True,
+                )
+            raise UsageError(
+                f"--epochs {cfg.epochs}: the run in {out} already has {done} epochs; pass a "
+                f"larger --epochs to continue it"
+            )
+
+    data = load_data(cfg, reporter)
+    trainer = Trainer(cfg, data, device)
+    columns = metric_columns(cfg.model)
+    start_epoch = 0
+    rows: list[dict[str, Any]] = []
+    if resume_state is not None:
+        run = RunDir(out)
+        start_epoch = trainer.load_state(resume_state)
+        rows = [r for r in run.read_metrics() if int(r["epoch"]) <= start_epoch]
+        manifest = run.read_manifest()
+        manifest["status"] = "running"
+        manifest["config"] = cfg.to_dict()
+        manifest["device"] = str(device)
+        manifest["ended_at"] = None
+        manifest["error"] = None
+        manifest.setdefault("events", []).append(
+            {
+                "time": now(),
+                "event": "resumed",
+                "from_epoch": start_epoch,
+                "command": _command(options),
+            }
+        )
+        reporter.info(f"resuming {out} from epoch {start_epoch} of {cfg.epochs}")
+        run.write_manifest(manifest)
+    else:
+        manifest = _new_manifest(cfg, options, device, data, trainer)
+        run = RunDir.create(out, options.overwrite)
+        try:
+            run.write_manifest(manifest)
+            run.write_labeled_indices(data.labeled_index, data.labeled.labels, data.primary.classes)
+        except BaseException:
+            run.discard()  # nothing was trained yet: leave no half-made run behind
+            raise
+    if cfg.device == "auto":
+        reporter.info(f"device: {device}")
+
+    t_start = time.perf_counter()
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            row = trainer.run_epoch(epoch, reporter)
+            last = epoch == cfg.epochs - 1
+            if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                row.update(evaluate_test(trainer.model, data, device))
+            # checkpoint first, then the metrics and manifest that point at it
+            run.save_checkpoint(trainer.state(epoch + 1))
+            rows.append(row)
+            run.write_metrics(columns, rows)
+            manifest["epochs_completed"] = epoch + 1
+            manifest["final_metrics"] = _final_from_rows(rows)
+            run.write_manifest(manifest)
+            reporter.end_epoch(epoch + 1, cfg.epochs, row)
+    except Diverged as err:
+        reporter.close()
+        step_in_epoch = err.step - epoch * trainer.steps_per_epoch + 1
+        kept = (
+            f"kept the last good checkpoint {run.checkpoint_path} (epoch {epoch})"
+            if epoch > 0
+            else "no checkpoint was written (it diverged in the first epoch)"
+        )
+        message = (
+            f"training diverged at epoch {epoch + 1}, step {step_in_epoch} (step {err.step + 1} "
+            f"overall): {err.what}; {kept}; try a lower --lr or --grad-clip"
+        )
+        _finish(run, manifest, "failed", message)
+        raise TrainingFailed(message) from None
+    except KeyboardInterrupt:
+        reporter.close()
+        message = (
+            f"interrupted during epoch {epoch + 1}; {epoch} epoch(s) are saved in "
+            f"{run.checkpoint_path}; continue with: jade train --out {out} --resume"
+        )
+        _finish(run, manifest, "interrupted", message)
+        raise Interrupted(message) from None
+    except JadeError as err:
+        reporter.close()
+        _finish(run, manifest, "failed", str(err))
+        raise
+    except Exception as err:
+        reporter.close()
+        log = run.path / "error.log"
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        message = (
+            f"training crashed in epoch {epoch + 1} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); details in {log}"
+        )
+        _finish(run, manifest, "failed", message)
+        raise TrainingFailed(message) from None
+
+    seconds = time.perf_counter() - t_start
+    manifest["final_metrics"] = _final_from_rows(rows)
+    manifest["train_seconds"] = round(float(manifest.get("train_seconds") or 0) + seconds, 2)
+    _finish(run, manifest, "completed", None)
+    return TrainResult(
+        out,
+        "completed",
+        cfg.epochs,
+        seconds,
+        manifest["final_metrics"],
+        cfg.primary,
+        cfg.auxiliary if cfg.model != "single" else None,
+    )
+
+
+def _command(options: RunOptions) -> str:
+    return " ".join(shlex.quote(a) for a in options.command) if options.command else ""
+
+
+def _new_manifest(
+    cfg: TrainConfig, options: RunOptions, device: torch.device, data: TrainData, trainer: Trainer
+) -> dict[str, Any]:
+    datasets: dict[str, Any] = {"primary": data.primary.describe()}
+    datasets["primary"]["labeled"] = {
+        "size": len(data.labeled),
+        "per_class": data.labeled.class_counts(data.primary.num_classes),
+        "selection": cfg.labeled_selection if cfg.n_labeled != "all" else "all",
+        "file": LABELED,
+    }
+    if data.auxiliary is not None and data.aux_train is not None:
+        datasets["auxiliary"] = data.auxiliary.describe()
+        datasets["auxiliary"]["used_train_size"] = len(data.aux_train)
+        datasets["auxiliary"]["used_per_class"] = data.aux_train.class_counts(
+            data.auxiliary.num_classes
+        )
+    started = now()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "jadecli_version": __version__,
+        "command": _command(options),
+        "status": "running",
+        "started_at": started,
+        "ended_at": None,
+        "seed": cfg.seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+        "datasets": datasets,
+        "training": {
+            "epoch_size": trainer.epoch_size,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "total_steps": trainer.total_steps,
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        },
+        "epochs_completed": 0,
+        "final_metrics": None,
+        "checkpoints": {"last": f"{CHECKPOINT_DIR}/{LAST}"},
+        "metrics_file": "metrics.csv",
+        "error": None,
+        "events": [{"time": started, "event": "started", "command": _command(options)}],
+    }
+
+
+def _finish(run: RunDir, manifest: dict[str, Any], status: str, error: str | None) -> None:
+    manifest["status"] = status
+    manifest["ended_at"] = now()
+    manifest["error"] = error
+    manifest.setdefault("events", []).append({"time": manifest["ended_at"], "event": status})
+    with contextlib.suppress(OSError):  # the original error matters more than this write
+        run.write_manifest(manifest)

@@ -1,0 +1,237 @@
+"""The run directory: everything a run decided and produced, written so it is never half-true.
+
+    RUN/
+      manifest.yaml          schema version, command, resolved config, versions, datasets,
+                             status (running | completed | failed | interrupted), final metrics
+      metrics.csv            one row per epoch
+      labeled_indices.csv    the labeled primary subset (index into the training split, class)
+      checkpoints/last.pt    model, optimiser, epoch, config, RNG states (weights_only loadable)
+
+Every file is written to a temporary file in the same folder and `os.replace`d into place, so a
+crash leaves the previous version intact. An existing non-empty folder is never reused unless the
+user asked for `--resume` or `--overwrite`, and `--overwrite` only ever deletes a folder that is
+itself a jadecli run.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from jadecli.errors import RunDirError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.yaml"
+METRICS = "metrics.csv"
+LABELED = "labeled_indices.csv"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+@functools.cache
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def is_run_dir(path: Path) -> bool:
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "status" in data
+
+
+def check_new_run_target(out: Path, overwrite: bool) -> None:
+    """Fail early (before any data is loaded) if `--out` cannot hold a new run."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"--out {out} already exists and is not empty; pass --resume to continue that "
+                "run, --overwrite to replace it, or choose another --out"
+            )
+        if not is_run_dir(out):
+            raise RunDirError(
+                f"--out {out} is not a jadecli run (no manifest.yaml); --overwrite only replaces "
+                "run folders, so choose another --out"
+            )
+    base = _nearest_existing(out)
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise RunDirError(f"--out {out}: cannot write in {base}; choose a writable --out")
+
+
+class RunDir:
+    """A run folder on disk; see the module docstring for its layout."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_DIR / LAST
+
+    @classmethod
+    def create(cls, out: Path, overwrite: bool) -> RunDir:
+        check_new_run_target(out, overwrite)
+        if out.is_dir() and any(out.iterdir()):
+            shutil.rmtree(out)  # a jadecli run, checked above; the user asked for --overwrite
+        try:
+            (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"--out {out}: cannot create it ({err.strerror})") from None
+        return cls(out)
+
+    def discard(self) -> None:
+        """Remove a run folder this process created before anything was trained in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @classmethod
+    def open(cls, path: Path, flag: str = "RUN") -> RunDir:
+        """An existing run; its manifest must be readable and of a schema we understand."""
+        if not path.is_dir():
+            raise RunDirError(f"{flag} {path}: no such folder")
+        run = cls(path)
+        if not run.manifest_path.is_file():
+            raise RunDirError(f"{flag} {path} is not a jadecli run folder (no {MANIFEST})")
+        run.read_manifest()
+        return run
+
+    # --- manifest ---
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+            raise RunDirError(
+                f"{self.manifest_path} is unreadable ({type(err).__name__}); the run folder is "
+                "damaged"
+            ) from None
+        if not isinstance(data, dict) or "schema_version" not in data:
+            raise RunDirError(f"{self.manifest_path} is not a jadecli manifest")
+        version = data["schema_version"]
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RunDirError(
+                f"{self.manifest_path} has schema version {version}, newer than this jadecli "
+                f"understands ({SCHEMA_VERSION}); upgrade jadecli"
+            )
+        return data
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        text = yaml.dump(data, Dumper=_ManifestDumper, sort_keys=False, width=100)
+        atomic_write_text(self.manifest_path, text)
+
+    # --- metrics ---
+    def write_metrics(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+        atomic_write_text(self.metrics_path, buf.getvalue())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        if not self.metrics_path.is_file():
+            return []
+        with open(self.metrics_path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def write_labeled_indices(
+        self, indices: torch.Tensor, labels: torch.Tensor, classes: list[str]
+    ) -> None:
+        lines = ["index,class"] + [
+            f"{int(i)},{classes[int(y)]}" for i, y in zip(indices, labels, strict=True)
+        ]
+        atomic_write_text(self.path / LABELED, "\n".join(lines) + "\n")
+
+    # --- checkpoints ---
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self, path: Path | None = None) -> dict[str, Any]:
+        path = path or self.checkpoint_path
+        if not path.is_file():
+            raise RunDirError(f"no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunDirError(
+                f"checkpoint {path} is corrupted or unreadable ({first[:200]})"
+            ) from None
+        if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+            raise RunDirError(f"checkpoint {path} is not a jadecli checkpoint")
+        return state
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Block style, except short lists of plain values ([1, 28, 28]) which stay on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = (
+        all(isinstance(v, (int, float, str, bool)) or v is None for v in data) and len(data) <= 64
+    )
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ManifestDumper.add_representer(list, _represent_list)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

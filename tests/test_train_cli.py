@@ -1,0 +1,215 @@
+"""`jade train` end to end through the CLI, on the built-in pair at tiny sizes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import load_ckpt, tiny_synth_args
+
+from jadecli.cli import app
+from jadecli.objective import TERMS
+
+
+def read_manifest(run: Path) -> dict:
+    return yaml.safe_load((run / "manifest.yaml").read_text())
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_help_lists_all_commands(runner):
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("train", "evaluate", "inspect-latents", "reconstruct"):
+        assert name in result.output
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run(
+        [sys.executable, "-m", "jadecli", "--version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("jadecli ")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "inspect-latents", "reconstruct"])
+def test_later_commands_say_not_available(runner, command):
+    result = runner.invoke(app, [command, "runs/x"])
+    assert result.exit_code == 2
+    assert "not available yet" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("model", ["single", "paired", "jade"])
+def test_train_writes_a_complete_run(runner, synth_dir, tmp_path, model):
+    out = tmp_path / f"run-{model}"
+    result = runner.invoke(app, tiny_synth_args(synth_dir, out, model))
+    assert result.exit_code == 0, result.output
+    assert "primary   test accuracy (synth-street)" in result.output
+    assert ("auxiliary test accuracy (synth-hand)" in result.output) == (model != "single")
+
+    m = read_manifest(out)
+    assert m["schema_version"] == 1
+    assert m["status"] == "completed"
+    assert m["epochs_completed"] == 2
+    assert m["config"]["model"] == model
+    assert m["config"]["n_labeled"] == 50
+    assert m["seed"] == 0 and m["device"] == "cpu"
+    assert m["command"].startswith("jade train --primary synth-street")
+    for key in ("python", "torch", "torchvision"):
+        assert m["versions"][key]
+    assert m["datasets"]["primary"]["train_size"] == 10_000
+    assert m["datasets"]["primary"]["image_shape"] == [3, 32, 32]
+    assert m["datasets"]["primary"]["labeled"]["per_class"] == [5] * 10
+    assert m["started_at"] and m["ended_at"]
+    assert m["checkpoints"]["last"] == "checkpoints/last.pt"
+    if model != "single":
+        assert m["datasets"]["auxiliary"]["image_shape"] == [1, 28, 28]
+    acc = m["final_metrics"]["primary_test_accuracy"]
+    assert 0.0 <= acc <= 1.0
+    assert f"{100 * acc:.2f}%" in result.output
+
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for term in TERMS[model]:
+        assert float(rows[-1][term]) >= 0.0
+    assert float(rows[-1]["test_acc_primary"]) == pytest.approx(acc, abs=1e-5)
+    assert (rows[-1]["test_acc_aux"] == "") == (model == "single")
+
+    with open(out / "labeled_indices.csv", newline="") as fh:
+        labeled = list(csv.DictReader(fh))
+    assert len(labeled) == 50
+    assert sorted({r["class"] for r in labeled}) == [str(d) for d in range(10)]
+    assert len({r["index"] for r in labeled}) == 50
+
+    ckpt = load_ckpt(out / "checkpoints" / "last.pt")  # weights_only=True
+    assert ckpt["epoch"] == 2
+    assert ckpt["config"]["model"] == model
+    assert "torch" in ckpt["rng"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_same_seed_same_numbers_other_seed_different(runner, synth_dir, tmp_path):
+    runs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = tmp_path / name
+        result = runner.invoke(app, tiny_synth_args(synth_dir, out, "jade", ("--seed", seed)))
+        assert result.exit_code == 0, result.output
+        runs[name] = (read_metrics(out), load_ckpt(out / "checkpoints" / "last.pt")["model"])
+
+    def strip(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in rows
+        ]
+
+    assert strip(runs["a"][0]) == strip(runs["b"][0])
+    for key, tensor in runs["a"][1].items():
+        assert torch.equal(tensor, runs["b"][1][key]), key
+    assert strip(runs["a"][0]) != strip(runs["c"][0])
+    indices = {r: (tmp_path / r / "labeled_indices.csv").read_text() for r in "abc"}
+    assert indices["a"] == indices["b"] != indices["c"]
+
+
+def test_config_file_precedence(runner, synth_dir, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("epochs: 1\nbatch-size: 40\nlr: 1e-3\nmodel: paired\nseed: 9\n")
+    out = tmp_path / "run"
+    args = tiny_synth_args(synth_dir, out, "jade")  # the flag --model jade beats the file
+    args[args.index("--epochs") + 1] = "2"
+    result = runner.invoke(app, [*args, "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    c = read_manifest(out)["config"]
+    assert c["model"] == "jade"  # flag
+    assert c["epochs"] == 2  # flag
+    assert c["batch_size"] == 50  # flag (TINY)
+    assert c["seed"] == 9  # file
+    assert c["lr"] == 1e-3  # file, "1e-3" is a YAML string
+    assert c["style_dim"] == 10  # code default
+
+
+def test_default_out_is_a_fresh_folder_under_runs(runner, synth_dir, tmp_path):
+    args = tiny_synth_args(synth_dir, tmp_path / "x", "single")
+    i = args.index("--out")
+    del args[i : i + 2]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    made = list((tmp_path / "runs").iterdir())
+    assert len(made) == 1 and made[0].name.startswith("single-synth-street-")
+    assert read_manifest(made[0])["status"] == "completed"
+
+
+def test_existing_out_is_refused_then_overwritten_on_request(runner, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    before = (out / "manifest.yaml").read_text()
+    again = runner.invoke(app, tiny_synth_args(synth_dir, out, "single"))
+    assert again.exit_code == 1
+    assert "already exists" in again.output and "--overwrite" in again.output
+    assert (out / "manifest.yaml").read_text() == before  # untouched
+    over = runner.invoke(
+        app, [*tiny_synth_args(synth_dir, out, "single", ("--seed", "5")), "--overwrite"]
+    )
+    assert over.exit_code == 0, over.output
+    assert read_manifest(out)["seed"] == 5
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(runner, synth_dir, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not delete")
+    result = runner.invoke(app, [*tiny_synth_args(synth_dir, out, "single"), "--overwrite"])
+    assert result.exit_code == 1
+    assert "not a jadecli run" in result.output
+    assert (out / "thesis.tex").read_text() == "do not delete"
+
+
+def test_resume_extends_a_run_exactly(runner, synth_dir, tmp_path):
+    """2 epochs + resume to 4 == 4 epochs straight (constant schedule, so the lr agrees)."""
+    extra = ("--lr-schedule", "constant")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args4 = tiny_synth_args(synth_dir, straight, "jade", extra)
+    args4[args4.index("--epochs") + 1] = "4"
+    assert runner.invoke(app, args4).exit_code == 0
+    assert runner.invoke(app, tiny_synth_args(synth_dir, split, "jade", extra)).exit_code == 0
+    resumed = runner.invoke(
+        app, ["train", "--out", str(split), "--resume", "--epochs", "4", "--no-progress"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    a = load_ckpt(straight / "checkpoints" / "last.pt")["model"]
+    b = load_ckpt(split / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    m = read_manifest(split)
+    assert m["status"] == "completed" and m["epochs_completed"] == 4
+    assert [e["event"] for e in m["events"]] == ["started", "completed", "resumed", "completed"]
+    assert [r["epoch"] for r in read_metrics(split)] == ["1", "2", "3", "4"]
+
+
+def test_resume_refuses_a_changed_recipe_and_reports_a_finished_run(runner, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    changed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--lr", "0.5"])
+    assert changed.exit_code == 2
+    assert "--lr" in changed.output and "differs" in changed.output
+    same = runner.invoke(app, [*tiny_synth_args(synth_dir, out, "single"), "--resume"])
+    assert same.exit_code == 0, same.output
+    assert "already completed 2 epochs" in same.output
+    shorter = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "1"])
+    assert shorter.exit_code == 2 and "already has 2 epochs" in shorter.output
+    assert read_manifest(out)["status"] == "completed"
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "nope"), "--resume"])
+    assert result.exit_code == 1
+    assert "no such folder" in result.output
+    no_out = runner.invoke(app, ["train", "--resume"])
+    assert no_out.exit_code == 2 and "--resume needs --out" in no_out.output

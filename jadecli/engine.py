@@ -18,7 +18,7 @@ import platform
 import shlex
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -488,6 +488,8 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
     if not options.resume:
         check_new_run_target(out, options.overwrite)  # fail before the slow part
     device = resolve_device(cfg.device)
+    if cfg.data_dir is None:  # record where the data really came from
+        cfg = replace(cfg, data_dir=str(default_data_dir()))
     # Denormal floats (which the decoders' gradients produce early in training) run up to 25x
     # slower on x86 CPUs; flushing them to zero changes nothing a float32 model can notice.
     torch.set_flush_denormal(True)

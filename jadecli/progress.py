@@ -97,10 +97,14 @@ class RichReporter(PlainReporter):
         self.task: Any = None
 
     def _write(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(
+            f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True
+        )
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, unit: str) -> None:
         from rich.progress import (

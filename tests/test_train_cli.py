@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import load_ckpt, tiny_synth_args
+from conftest import TINY, load_ckpt, tiny_synth_args
 
 from jadecli.cli import app
 from jadecli.objective import TERMS
@@ -213,3 +213,40 @@ def test_resume_of_a_missing_run_is_a_clear_error(runner, tmp_path):
     assert "no such folder" in result.output
     no_out = runner.invoke(app, ["train", "--resume"])
     assert no_out.exit_code == 2 and "--resume needs --out" in no_out.output
+
+
+def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
+    """The paper's pair, on tiny files in the official formats (not the official bytes)."""
+    from conftest import make_mnist, make_svhn
+
+    data = make_mnist(make_svhn(tmp_path / "data", n_train=100, n_test=30), 200, 40)
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--primary",
+        "svhn",
+        "--n-labeled",
+        "50",
+        "--auxiliary",
+        "mnist",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--aux-per-class",
+        "15",
+        "--labeled-selection",
+        "first",
+        *TINY,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: svhn:" in result.output and "not the official file" in result.output
+    m = read_manifest(out)
+    assert m["datasets"]["primary"]["verified"] == {"train": False, "test": False}
+    assert m["datasets"]["primary"]["image_shape"] == [3, 32, 32]
+    assert m["datasets"]["auxiliary"]["used_per_class"] == [15] * 10
+    assert m["datasets"]["primary"]["labeled"]["selection"] == "first"
+    with open(out / "labeled_indices.csv", newline="") as fh:
+        first = [int(r["index"]) for r in csv.DictReader(fh)]
+    assert first == list(range(50))  # labels cycle 0..9, so the first 5 of each class are 0..49

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Train single, paired and JADE on the same data and print each run's primary test accuracy.
+# Usage: examples/compare_models.sh [DATA_DIR]   (default: ../shared/data)
+# Exits non-zero as soon as any run fails, so it can gate a CI job.
+set -euo pipefail
+data_dir="${1:-../shared/data}"
+for model in single paired jade; do
+  jade train --primary "folder:${data_dir}/USPS" --auxiliary mnist --data-dir "${data_dir}" \
+    --n-labeled 100 --model "${model}" --out "runs/compare-${model}" --overwrite --no-progress
+  grep -A1 'final_metrics:' "runs/compare-${model}/manifest.yaml"
+done

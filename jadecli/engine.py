@@ -28,7 +28,13 @@ import torch
 import torch.nn as nn
 
 from jadecli import __version__
-from jadecli.config import RESUME_OVERRIDABLE, TrainConfig, flag, resolve_train_config
+from jadecli.config import (
+    RESUME_OVERRIDABLE,
+    TrainConfig,
+    flag,
+    load_yaml_config,
+    resolve_train_config,
+)
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
 from jadecli.data.registry import align_classes, load_dataset
 from jadecli.data.sampling import (
@@ -90,8 +96,6 @@ def resolve_config(
     saved = run.read_manifest().get("config")
     if not isinstance(saved, dict):
         raise RunDirError(f"{run.manifest_path} holds no config; the run cannot be resumed")
-    from jadecli.config import load_yaml_config
-
     requested = dict(load_yaml_config(config_file)) if config_file is not None else {}
     requested.update({k: v for k, v in flags.items() if v is not None})
     saved_cfg = TrainConfig.from_dict(saved)
@@ -490,9 +494,6 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
     device = resolve_device(cfg.device)
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))
-    # Denormal floats (which the decoders' gradients produce early in training) run up to 25x
-    # slower on x86 CPUs; flushing them to zero changes nothing a float32 model can notice.
-    torch.set_flush_denormal(True)
     resume_state: dict[str, Any] | None = None
     if options.resume:
         run = RunDir.open(out, flag="--out")

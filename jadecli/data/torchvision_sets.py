@@ -70,9 +70,10 @@ def load_idx_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
             ) from None
         missing = [f for f in _IDX_FILES if not (raw / f).is_file()]
     if missing:
+        what = "all four IDX files" if len(missing) == len(_IDX_FILES) else "some IDX files"
         raise DataError(
-            f"{name}: missing {', '.join(missing)} in {raw}; put the four uncompressed IDX files "
-            f"({', '.join(_IDX_FILES)}) there, point --data-dir at the folder that holds "
+            f"{name}: {what} are missing in {raw} (missing: {', '.join(missing)}); put the "
+            f"uncompressed files there, point --data-dir at the folder that holds "
             f"{cls.__name__}/raw, or pass --download"
         )
     splits = []

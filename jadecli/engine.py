@@ -162,7 +162,9 @@ class TrainData:
 
 
 def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
-    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else default_data_dir()
+    """Load, align and subset the datasets; `cfg.data_dir` is already resolved by `train`."""
+    assert cfg.data_dir is not None
+    data_dir = Path(cfg.data_dir).expanduser()
     reporter.info(f"loading {cfg.primary} (primary)")
     primary = load_dataset(
         cfg.primary, data_dir, cfg.download, cfg.primary_size, reporter.warn, "--primary"

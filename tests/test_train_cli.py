@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, load_ckpt, tiny_synth_args
+from conftest import TINY, load_ckpt, make_mnist, make_svhn, tiny_synth_args
 
 from jadecli.cli import app
 from jadecli.objective import TERMS
@@ -217,8 +217,6 @@ def test_resume_of_a_missing_run_is_a_clear_error(runner, tmp_path):
 
 def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
     """The paper's pair, on tiny files in the official formats (not the official bytes)."""
-    from conftest import make_mnist, make_svhn
-
     data = make_mnist(make_svhn(tmp_path / "data", n_train=100, n_test=30), 200, 40)
     out = tmp_path / "run"
     args = [

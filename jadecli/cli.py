@@ -19,6 +19,9 @@ import typer
 from typer.core import TyperGroup
 
 from jadecli import __version__
+from jadecli.config import EvaluateConfig as EvalCfg
+from jadecli.config import LatentsConfig as LatCfg
+from jadecli.config import ReconstructConfig as RecCfg
 from jadecli.config import help_for
 from jadecli.errors import JadeError
 
@@ -246,34 +249,218 @@ def train(
         typer.echo(f"auxiliary test accuracy ({result.auxiliary}): {100 * acc_a:.2f}%")
 
 
-_LATER = {"ignore_unknown_options": True, "allow_extra_args": True}
+# --------------------------------------------------------------------------- analysis
+
+RunArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="RUN",
+        help="A run folder written by 'jade train'.",
+        show_default=False,
+    ),
+]
+FORMATS = ("table", "json", "yaml")
 
 
-def _not_yet(name: str) -> None:
-    typer.echo(
-        f"error: 'jade {name}' is not available yet in jadecli {__version__}; it is planned "
-        "for the next release",
-        err=True,
+def _a(cls: Any, name: str, panel: str = "Options", **kw: Any) -> Any:
+    return typer.Option(help=help_for(name, cls), rich_help_panel=panel, show_default=False, **kw)
+
+
+def _check_format(value: str) -> str:
+    from jadecli.config import ConfigError
+
+    if value not in FORMATS:
+        raise ConfigError("format", f"must be one of {', '.join(FORMATS)} (got {value!r})")
+    return value
+
+
+FORMAT_HELP = (
+    "table: a readable summary; json or yaml: the full result on stdout (messages stay on "
+    "stderr), e.g. for jq in CI scripts."
+)
+
+
+def _emit(report: dict[str, Any], fmt: str) -> bool:
+    """Print `report` as json/yaml; False for table format (the caller prints tables)."""
+    if fmt == "json":
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+        return True
+    if fmt == "yaml":
+        import yaml
+
+        typer.echo(yaml.safe_dump(report, sort_keys=False, width=100).rstrip())
+        return True
+    return False
+
+
+def _parse_fraction(value: str | None) -> float | None:
+    """`0.85` or `85%` -> 0.85; anything else names the flag."""
+    from jadecli.config import ConfigError
+
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigError(
+            "min_accuracy", f"must be a fraction (0.85) or a percentage (85%) (got {value!r})"
+        ) from None
+    if not text.endswith("%") and number > 1:
+        raise ConfigError(
+            "min_accuracy",
+            f"{value} is not a fraction in [0, 1]; for a percentage write {value}%",
+        )
+    return number
+
+
+SRC = "Run"
+
+
+@app.command(no_args_is_help=True)
+def evaluate(
+    ctx: typer.Context,
+    run: RunArg,
+    split: Annotated[str, _a(EvalCfg, "split", metavar="SPLIT")] = "test",
+    test_limit: Annotated[int | None, _a(EvalCfg, "test_limit", metavar="N")] = None,
+    min_accuracy: Annotated[str | None, _a(EvalCfg, "min_accuracy", metavar="X")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
+        "table"
+    ),
+    seed: Annotated[int, _a(EvalCfg, "seed")] = 0,
+    checkpoint: Annotated[Path | None, _a(EvalCfg, "checkpoint", SRC, metavar="PATH")] = None,
+    data_dir: Annotated[str | None, _a(EvalCfg, "data_dir", SRC, metavar="DIR")] = None,
+    device: Annotated[str, _a(EvalCfg, "device", SRC)] = "auto",
+    batch_size: Annotated[int, _a(EvalCfg, "batch_size", SRC)] = 100,
+    out: Annotated[Path | None, _a(EvalCfg, "out", SRC, metavar="DIR")] = None,
+) -> None:
+    """Accuracy, per-class accuracy, confusion matrices, NLL and (JADE) the test ELBO of a run."""
+    from jadecli.analysis.evaluate import evaluate as run_eval
+    from jadecli.cli_output import print_evaluation
+    from jadecli.errors import GateFailed
+    from jadecli.progress import PlainReporter
+
+    _check_format(fmt)
+    cfg = EvalCfg(
+        run=run,
+        checkpoint=checkpoint,
+        data_dir=data_dir,
+        device=device,
+        batch_size=batch_size,
+        out=out,
+        command=ctx.meta.get("jade.argv", []),
+        split=split,
+        test_limit=test_limit,
+        min_accuracy=_parse_fraction(min_accuracy),
+        seed=seed,
     )
-    raise typer.Exit(2)
+    result = run_eval(cfg, PlainReporter())
+    if not _emit(result.report, fmt):
+        print_evaluation(result.report)
+    if result.passed is False:
+        acc = result.report["primary"]["accuracy"]
+        raise GateFailed(
+            f"primary accuracy {100 * acc:.2f}% is below --min-accuracy "
+            f"{100 * (cfg.min_accuracy or 0):.2f}%"
+        )
 
 
-@app.command(context_settings=_LATER, add_help_option=False)
-def evaluate(ctx: typer.Context) -> None:
-    """(Not available yet.) Accuracy, confusion matrix and test ELBO of a trained run."""
-    _not_yet("evaluate")
+@app.command("inspect-latents", no_args_is_help=True)
+def inspect_latents(
+    ctx: typer.Context,
+    run: RunArg,
+    dataset: Annotated[str, _a(LatCfg, "dataset", metavar="primary|auxiliary|both")] = "primary",
+    split: Annotated[str, _a(LatCfg, "split", metavar="SPLIT")] = "test",
+    test_limit: Annotated[int | None, _a(LatCfg, "test_limit", metavar="N")] = None,
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help=help_for("probe", LatCfg))
+    ] = True,
+    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
+        "table"
+    ),
+    seed: Annotated[int, _a(LatCfg, "seed")] = 0,
+    checkpoint: Annotated[Path | None, _a(LatCfg, "checkpoint", SRC, metavar="PATH")] = None,
+    data_dir: Annotated[str | None, _a(LatCfg, "data_dir", SRC, metavar="DIR")] = None,
+    device: Annotated[str, _a(LatCfg, "device", SRC)] = "auto",
+    batch_size: Annotated[int, _a(LatCfg, "batch_size", SRC)] = 100,
+    out: Annotated[Path | None, _a(LatCfg, "out", SRC, metavar="DIR")] = None,
+) -> None:
+    """Variance of each latent dimension within a class vs over all classes (the paper's
+    Figure 2, measured), the disentanglement ratio, and held-out probes.
+
+    v[class, dim] = Var(posterior mean of dim over images of that class) / Var(over all images of
+    the split). Disentanglement ratio = mean v of active style dims / mean v of active content
+    dims (higher = more disentangled; active = variance of the posterior mean >= 0.01)."""
+    from jadecli.analysis.latents import inspect_latents as run_latents
+    from jadecli.cli_output import print_latents
+    from jadecli.progress import PlainReporter
+
+    _check_format(fmt)
+    cfg = LatCfg(
+        run=run,
+        checkpoint=checkpoint,
+        data_dir=data_dir,
+        device=device,
+        batch_size=batch_size,
+        out=out,
+        command=ctx.meta.get("jade.argv", []),
+        dataset=dataset,
+        split=split,
+        test_limit=test_limit,
+        seed=seed,
+        probe=probe,
+    )
+    result = run_latents(cfg, PlainReporter())
+    if not _emit(result.report, fmt):
+        print_latents(result.report)
 
 
-@app.command("inspect-latents", context_settings=_LATER, add_help_option=False)
-def inspect_latents(ctx: typer.Context) -> None:
-    """(Not available yet.) Variance of each latent dimension within and across classes."""
-    _not_yet("inspect-latents")
+@app.command(no_args_is_help=True)
+def reconstruct(
+    ctx: typer.Context,
+    run: RunArg,
+    n: Annotated[int, _a(RecCfg, "n")] = 8,
+    seed: Annotated[int, _a(RecCfg, "seed")] = 0,
+    split: Annotated[str, _a(RecCfg, "split", metavar="SPLIT")] = "test",
+    traverse: Annotated[str | None, _a(RecCfg, "traverse", metavar="DIMS")] = None,
+    traverse_range: Annotated[float, _a(RecCfg, "traverse_range", metavar="R")] = 3.0,
+    traverse_steps: Annotated[int, _a(RecCfg, "traverse_steps")] = 7,
+    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
+        "table"
+    ),
+    checkpoint: Annotated[Path | None, _a(RecCfg, "checkpoint", SRC, metavar="PATH")] = None,
+    data_dir: Annotated[str | None, _a(RecCfg, "data_dir", SRC, metavar="DIR")] = None,
+    device: Annotated[str, _a(RecCfg, "device", SRC)] = "auto",
+    batch_size: Annotated[int, _a(RecCfg, "batch_size", SRC)] = 100,
+    out: Annotated[Path | None, _a(RecCfg, "out", SRC, metavar="DIR")] = None,
+) -> None:
+    """Image grids from a JADE run: reconstructions, style/content swaps within and across
+    datasets, and (--traverse) one latent dimension varied at a time."""
+    from jadecli.analysis.reconstruct import reconstruct as run_recon
+    from jadecli.cli_output import print_reconstruct
+    from jadecli.progress import PlainReporter
 
-
-@app.command(context_settings=_LATER, add_help_option=False)
-def reconstruct(ctx: typer.Context) -> None:
-    """(Not available yet.) Reconstructions and style/content swaps of test images."""
-    _not_yet("reconstruct")
+    _check_format(fmt)
+    cfg = RecCfg(
+        run=run,
+        checkpoint=checkpoint,
+        data_dir=data_dir,
+        device=device,
+        batch_size=batch_size,
+        out=out,
+        command=ctx.meta.get("jade.argv", []),
+        n=n,
+        seed=seed,
+        split=split,
+        traverse=traverse,
+        traverse_range=traverse_range,
+        traverse_steps=traverse_steps,
+    )
+    result = run_recon(cfg, PlainReporter())
+    if not _emit(result.report, fmt):
+        print_reconstruct(result.report)
 
 
 def main() -> None:

@@ -43,7 +43,8 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _opt(default: Any, help: str) -> Any:
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field whose `help` metadata is its flag's --help text."""
     return field(default=default, metadata={"help": help})
 
 
@@ -52,105 +53,103 @@ class TrainConfig:
     """Everything that decides what `jade train` computes (saved in the run's manifest)."""
 
     # --- data ---
-    primary: str = _opt(
+    primary: str = opt(
         "",
         "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
         "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
     )
-    auxiliary: str | None = _opt(
+    auxiliary: str | None = opt(
         None,
         "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
         "Required for --model paired and jade.",
     )
-    n_labeled: int | str | None = _opt(
+    n_labeled: int | str | None = opt(
         None,
         "Labeled primary training images to use: a multiple of the number of classes, drawn "
         "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
     )
-    labeled_selection: str = _opt(
+    labeled_selection: str = opt(
         "random",
         "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
         "(the first images of each class, as in the paper).",
     )
-    aux_per_class: int | None = _opt(
+    aux_per_class: int | None = opt(
         None,
         "Use only the first K auxiliary training images of each class (the paper: 4500). "
         "Default: all of them.",
     )
-    data_dir: str | None = _opt(
+    data_dir: str | None = opt(
         None,
         "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
         "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
     )
-    download: bool = _opt(
+    download: bool = opt(
         False,
         "Try torchvision's download when dataset files are missing (default: off; without it a "
         "missing file is an error that says where to put it).",
     )
-    primary_size: int | None = _opt(
+    primary_size: int | None = opt(
         None,
         "Resize primary images to SIZE x SIZE. Default: keep their size (image folders whose "
         "images differ in size are resized to the most common size).",
     )
-    auxiliary_size: int | None = _opt(
+    auxiliary_size: int | None = opt(
         None, "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size."
     )
     # --- model ---
-    model: str = _opt(
+    model: str = opt(
         "jade",
         "single: primary CNN + classifier. paired: a CNN per dataset, one shared classifier. "
         "jade: a VAE per dataset whose content latents share the classifier.",
     )
-    content_dim: int = _opt(
+    content_dim: int = opt(
         10,
         "Size of the content latent (jade), which alone feeds the classifier; also the size of "
         "the single/paired bottleneck.",
     )
-    style_dim: int = _opt(10, "Size of the style latent of each jade VAE (decoder input only).")
-    hidden_dim: int = _opt(500, "Width of the shared classifier's three hidden layers.")
-    dropout: float = _opt(
+    style_dim: int = opt(10, "Size of the style latent of each jade VAE (decoder input only).")
+    hidden_dim: int = opt(500, "Width of the shared classifier's three hidden layers.")
+    dropout: float = opt(
         0.0,
         "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
         "learning a lot in short schedules).",
     )
     # --- objective (reference.md, equation 2) ---
-    recon_weight: float = _opt(
+    recon_weight: float = opt(
         1.0, "Weight of each image's reconstruction cross-entropy (summed over pixels)."
     )
-    kl_weight: float = _opt(
-        1.0, "Weight of the KL terms to the N(0, I) prior (style; aux content)."
-    )
-    match_weight: float = _opt(
+    kl_weight: float = opt(1.0, "Weight of the KL terms to the N(0, I) prior (style; aux content).")
+    match_weight: float = opt(
         1.0, "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching."
     )
-    aux_ce_weight: float = _opt(
+    aux_ce_weight: float = opt(
         1e4, "Weight of the auxiliary classification cross-entropy (as in the paper)."
     )
-    primary_ce_weight: float = _opt(
+    primary_ce_weight: float = opt(
         1e5, "Weight of the primary classification cross-entropy (as in the paper)."
     )
     # --- optimisation ---
-    epochs: int = _opt(10, "Training epochs.")
-    epoch_size: int | str = _opt(
+    epochs: int = opt(10, "Training epochs.")
+    epoch_size: int | str = opt(
         10000,
         "Training examples per epoch: pairs for paired/jade, labeled images for single (drawn by "
         "cycling through shuffled data), or 'all' for one pass over the auxiliary set (single: "
         "over the labeled set), as in the paper.",
     )
-    batch_size: int = _opt(100, "Pairs (or labeled images for single) per optimisation step.")
-    lr: float = _opt(1e-3, "Peak learning rate of Adam.")
-    lr_schedule: str = _opt(
+    batch_size: int = opt(100, "Pairs (or labeled images for single) per optimisation step.")
+    lr: float = opt(1e-3, "Peak learning rate of Adam.")
+    lr_schedule: str = opt(
         "cosine",
         "constant; step (x0.3 after 1/3 and x0.1 after 2/3 of training, as in the paper); or "
         "cosine (decay to 1/100 of --lr).",
     )
-    adam_beta1: float = _opt(0.9, "Adam's beta_1 (the paper used 0.1).")
-    grad_clip: float = _opt(
+    adam_beta1: float = opt(0.9, "Adam's beta_1 (the paper used 0.1).")
+    grad_clip: float = opt(
         100.0, "Clip the gradient's global norm to this value (0 disables clipping)."
     )
-    seed: int = _opt(0, "Seed for the labeled subset, pairing, initialisation and dropout.")
-    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
-    eval_every: int = _opt(
+    seed: int = opt(0, "Seed for the labeled subset, pairing, initialisation and dropout.")
+    device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    eval_every: int = opt(
         1,
         "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
         "choose a model.",
@@ -308,9 +307,9 @@ def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def help_for(name: str) -> str:
-    """The `--help` text of a field, with its default."""
-    for f in fields(TrainConfig):
+def help_for(name: str, cls: Any = None) -> str:
+    """The `--help` text of a field of `cls` (default TrainConfig), with its default."""
+    for f in fields(cls or TrainConfig):
         if f.name == name:
             text = f.metadata["help"]
             default = f.default if f.default is not MISSING else None
@@ -368,3 +367,145 @@ def resolve_train_config(
         if err.field not in given and err.field in from_file:
             raise UsageError(f"{err.field} in {config_file}: {err.problem}") from None
         raise
+
+
+# --------------------------------------------------------------------------- analysis commands
+# `jade evaluate`, `inspect-latents` and `reconstruct` read a run folder instead of training
+# flags; their options live here too (torch-free, so `jade --help` stays fast).
+
+ANALYSIS_DATASETS = ("primary", "auxiliary", "both")
+MAX_RECONSTRUCT_N = 32
+
+SPLITS = ("test", "train-labeled", "train-unlabeled", "train")
+SPLIT_HELP = (
+    "Images to use: test (the test split), train-labeled (the labeled primary images the run "
+    "trained on, and the auxiliary training images it used), train-unlabeled (the training "
+    "images it never saw labels of), or train (whole training splits)."
+)
+
+
+@dataclass
+class RunSource:
+    """Which run and checkpoint to analyse, where the data are, and where to compute."""
+
+    run: Path
+    checkpoint: Path | None = opt(
+        None, "Checkpoint file to analyse instead of RUN/checkpoints/last.pt."
+    )
+    data_dir: str | None = opt(
+        None,
+        "Where the run's datasets are now, if they moved (default: the run's own --data-dir; "
+        "for folder: datasets, DIR/<folder name> is tried first).",
+    )
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    batch_size: int = opt(
+        100,
+        "Images per forward pass (speed and memory only; results do not change beyond float "
+        "rounding).",
+    )
+    out: Path | None = opt(
+        None,
+        "Folder for the output files (default: RUN/analysis/<command>-<split>/; files of the "
+        "same name there are replaced).",
+    )
+    command: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("batch_size", f"must be a positive integer (got {self.batch_size})")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
+            raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError("split", f"must be one of {', '.join(SPLITS)} (got {split!r})")
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError("test_limit", f"must be a positive integer (got {limit})")
+
+
+@dataclass
+class EvaluateConfig(RunSource):
+    """Options of `jade evaluate` (the run-source options are shared by every command)."""
+
+    split: str = opt("test", SPLIT_HELP)
+    test_limit: int | None = opt(
+        None,
+        "Use only the first N images of the split, for each dataset (the paper scored the "
+        "first 10,000 SVHN test images).",
+    )
+    min_accuracy: float | None = opt(
+        None,
+        "Quality gate: exit with code 3 when the primary accuracy is below this; a fraction "
+        "(0.85) or a percentage (85%).",
+    )
+    seed: int = opt(0, "Seed of the latent samples in the test ELBO and of the test pairs.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_split(self.split)
+        check_limit(self.test_limit)
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
+            raise ConfigError(
+                "min_accuracy", f"must be a fraction in [0, 1] (got {self.min_accuracy})"
+            )
+
+
+@dataclass
+class LatentsConfig(RunSource):
+    """Options of `jade inspect-latents`."""
+
+    dataset: str = opt("primary", "Which dataset's images to encode: primary, auxiliary or both.")
+    split: str = opt("test", SPLIT_HELP)
+    test_limit: int | None = opt(None, "Use only the first N images of the split.")
+    seed: int = opt(0, "Seed of the random-groups view and of the probes' half/half split.")
+    probe: bool = opt(
+        True,
+        "Fit held-out linear probes: class (and, for synth-* data, each known style factor) "
+        "from content vs style latents.",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset not in ANALYSIS_DATASETS:
+            raise ConfigError(
+                "dataset", f"must be one of {', '.join(ANALYSIS_DATASETS)} (got {self.dataset!r})"
+            )
+        check_split(self.split)
+        check_limit(self.test_limit)
+
+
+@dataclass
+class ReconstructConfig(RunSource):
+    """Options of `jade reconstruct`."""
+
+    n: int = opt(8, f"Images per dataset (1-{MAX_RECONSTRUCT_N}), one class after another.")
+    seed: int = opt(0, "Seed that picks the images.")
+    split: str = opt("test", SPLIT_HELP)
+    traverse: str | None = opt(
+        None,
+        "Also vary latent dimensions one at a time: all, content, style, or a list such as "
+        "content_3,style_0 (short: c3,s0).",
+    )
+    traverse_range: float = opt(
+        3.0, "Traversal offsets span +-this many standard deviations of the dimension."
+    )
+    traverse_steps: int = opt(7, "Images per traversed dimension (2-25).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.n <= MAX_RECONSTRUCT_N:
+            raise ConfigError("n", f"must be between 1 and {MAX_RECONSTRUCT_N} (got {self.n})")
+        check_split(self.split)
+        if not self.traverse_range > 0:
+            raise ConfigError("traverse_range", f"must be positive (got {self.traverse_range})")
+        if not 2 <= self.traverse_steps <= 25:
+            raise ConfigError(
+                "traverse_steps", f"must be between 2 and 25 (got {self.traverse_steps})"
+            )
+        if self.traverse is not None and not self.traverse.strip():
+            raise ConfigError("traverse", "needs a value: all, content, style or e.g. content_3")

@@ -36,3 +36,9 @@ class Interrupted(JadeError):
     """The user pressed Ctrl-C; the run is marked interrupted and can be resumed."""
 
     exit_code = 130
+
+
+class GateFailed(JadeError):
+    """A quality gate (`jade evaluate --min-accuracy`) was not met: exit code 3 for CI scripts."""
+
+    exit_code = 3

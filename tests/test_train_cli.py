@@ -40,14 +40,6 @@ def test_python_dash_m_works():
     assert proc.stdout.startswith("jadecli ")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "inspect-latents", "reconstruct"])
-def test_later_commands_say_not_available(runner, command):
-    result = runner.invoke(app, [command, "runs/x"])
-    assert result.exit_code == 2
-    assert "not available yet" in result.output
-    assert "Traceback" not in result.output
-
-
 @pytest.mark.parametrize("model", ["single", "paired", "jade"])
 def test_train_writes_a_complete_run(runner, synth_dir, tmp_path, model):
     out = tmp_path / f"run-{model}"

@@ -1,0 +1,452 @@
+"""Open a trained run for analysis: its checkpoint, model and datasets, and where to write.
+
+`open_run` is the one way in for `evaluate`, `inspect-latents` and `reconstruct`. It never
+writes to the run folder; `record` appends one entry to the manifest's `analyses` list (history
+is never rewritten), and `output_dir` names the folder a command writes its files into.
+
+    python -c "from pathlib import Path; from jadecli.analysis.common import RunSource, open_run; \
+from jadecli.progress import PlainReporter; r = open_run(RunSource(Path('runs/quickstart')), \
+PlainReporter()); print(r.spec, r.epoch)"
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from jadecli.config import RunSource, TrainConfig
+from jadecli.data.core import Dataset, ImageSet, default_data_dir
+from jadecli.data.registry import align_classes, load_dataset
+from jadecli.data.sampling import first_per_class, labeled_subset
+from jadecli.engine import resolve_device
+from jadecli.errors import DataError, JadeError, RunDirError, UsageError
+from jadecli.model import JADE, ModelSpec, build_model
+from jadecli.progress import Reporter
+from jadecli.run import LABELED, RunDir, atomic_write_text
+
+ROLES = ("primary", "auxiliary")
+ANALYSIS_DIR = "analysis"
+
+
+@dataclass
+class LoadedRun:
+    """A run ready to analyse: its model in eval mode on the device, and its datasets."""
+
+    source: RunSource
+    run: RunDir
+    manifest: dict[str, Any]
+    status: str
+    cfg: TrainConfig
+    spec: ModelSpec
+    model: nn.Module
+    epoch: int  # epochs trained into the checkpoint
+    checkpoint_path: Path
+    device: torch.device
+    datasets: dict[str, Dataset]  # "primary" and, for paired/JADE runs, "auxiliary"
+    labeled_index: torch.Tensor  # the labeled subset, indices into the primary training split
+    aux_used_index: torch.Tensor | None  # auxiliary training images used (None = all)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def is_jade(self) -> bool:
+        return isinstance(self.model, JADE)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.datasets["primary"].classes
+
+    def images(self, role: str, split: str, limit: int | None = None) -> ImageSet | None:
+        """One split of one dataset (None if that part is empty), the first `limit` images."""
+        ds = self.datasets[role]
+        n_train = len(ds.train)
+        used = self.labeled_index if role == "primary" else self.aux_used_index
+        if split == "test":
+            part = ds.test
+        elif split == "train":
+            part = ds.train
+        elif split == "train-labeled":
+            part = ds.train if used is None else ds.train.subset(used)
+        else:  # train-unlabeled
+            if used is None:
+                return None
+            keep = torch.ones(n_train, dtype=torch.bool)
+            keep[used] = False
+            part = ds.train.subset(torch.nonzero(keep).flatten())
+        if limit is not None and len(part) > limit:
+            part = part.subset(torch.arange(limit))
+        return part if len(part) else None
+
+    def checkpoint_tag(self) -> str:
+        """'' for the run's own last checkpoint, else '-<file stem>' for output names."""
+        if self.checkpoint_path.resolve() == self.run.checkpoint_path.resolve():
+            return ""
+        return f"-{self.checkpoint_path.stem}"
+
+
+def open_run(
+    source: RunSource,
+    reporter: Reporter,
+    need_decoder: str | None = None,
+    check_spec: Callable[[ModelSpec], None] | None = None,
+) -> LoadedRun:
+    """Read RUN's manifest and checkpoint, rebuild its model and reload its datasets.
+
+    `need_decoder` names a command that only works on JADE runs; `check_spec` validates flags
+    that depend on the model (both run before any data is loaded)."""
+    run = RunDir.open(source.run, flag="RUN")
+    manifest = run.read_manifest()
+    status = str(manifest.get("status", "unknown"))
+    if source.checkpoint is not None:
+        if not source.checkpoint.is_file():
+            raise RunDirError(f"--checkpoint {source.checkpoint}: no such file")
+        ckpt_path = source.checkpoint
+    else:
+        ckpt_path = run.checkpoint_path
+        if not ckpt_path.is_file():
+            error = manifest.get("error")
+            why = f"status {status}" + (f": {error}" if error else "")
+            raise RunDirError(
+                f"RUN {source.run} has no checkpoint ({ckpt_path} is missing; {why}); there is "
+                "nothing to analyse"
+            )
+    state = run.load_checkpoint(ckpt_path)
+    cfg, spec = _config_and_spec(state, ckpt_path)
+    epoch = int(state["epoch"])
+    if need_decoder and spec.kind != "jade":
+        raise UsageError(
+            f"jade {need_decoder}: {source.run} is a {spec.kind} run, which has no decoder; "
+            f"{need_decoder} needs a run trained with --model jade"
+        )
+    if check_spec is not None:
+        check_spec(spec)
+    if status == "running":
+        reporter.warn(
+            f"{source.run} is marked running (still training, or its process was killed); "
+            f"analysing its latest checkpoint (epoch {epoch} of {cfg.epochs})"
+        )
+    elif status in ("failed", "interrupted"):
+        reporter.warn(
+            f"{source.run} {status}; analysing its last good checkpoint (epoch {epoch} of "
+            f"{cfg.epochs})"
+        )
+    saved = manifest.get("config")
+    if isinstance(saved, dict) and saved.get("model") != cfg.model:
+        reporter.warn(
+            f"{ckpt_path} holds a {cfg.model} model but {source.run} is a {saved.get('model')} "
+            "run; analysing the checkpoint with its own config"
+        )
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise RunDirError(
+            f"checkpoint {ckpt_path} does not match the model it describes ({first})"
+        ) from None
+    device = resolve_device(source.device)
+    # channels-last lets oneDNN/cuDNN pick faster convolutions (2-4x on this project's CPU)
+    model.to(device=device, memory_format=torch.channels_last).eval()
+
+    datasets = _load_datasets(cfg, manifest, source, reporter)
+    _check_datasets(datasets, state, spec, manifest, ckpt_path, reporter)
+    labeled = _labeled_index(run, cfg, datasets["primary"], reporter)
+    aux_used = None
+    if "auxiliary" in datasets and cfg.aux_per_class is not None:
+        aux = datasets["auxiliary"]
+        aux_used = first_per_class(aux.train.labels, aux.classes, cfg.aux_per_class, aux.name)
+    return LoadedRun(
+        source=source,
+        run=run,
+        manifest=manifest,
+        status=status,
+        cfg=cfg,
+        spec=spec,
+        model=model,
+        epoch=epoch,
+        checkpoint_path=ckpt_path,
+        device=device,
+        datasets=datasets,
+        labeled_index=labeled,
+        aux_used_index=aux_used,
+    )
+
+
+def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, ModelSpec]:
+    try:
+        cfg = TrainConfig.from_dict(dict(state["config"]))
+        s = dict(state["model_spec"])
+        spec = ModelSpec(
+            kind=str(s["kind"]),
+            primary_shape=_shape(s["primary_shape"]),
+            auxiliary_shape=_shape(s["auxiliary_shape"]) if s.get("auxiliary_shape") else None,
+            num_classes=int(s["num_classes"]),
+            content_dim=int(s["content_dim"]),
+            style_dim=int(s["style_dim"]),
+            hidden_dim=int(s["hidden_dim"]),
+            dropout=float(s["dropout"]),
+        )
+    except (KeyError, TypeError, ValueError, JadeError) as err:
+        raise RunDirError(
+            f"checkpoint {path} lacks a readable config or model description ({err}); it was not "
+            "written by this version of jade train"
+        ) from None
+    if spec.kind != cfg.model:
+        raise RunDirError(
+            f"checkpoint {path} is inconsistent: a {spec.kind} model with a {cfg.model} config"
+        )
+    return cfg, spec
+
+
+def _shape(value: Any) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in value)
+    return c, h, w
+
+
+def _load_datasets(
+    cfg: TrainConfig, manifest: dict[str, Any], source: RunSource, reporter: Reporter
+) -> dict[str, Dataset]:
+    data_dir = Path(source.data_dir or cfg.data_dir or default_data_dir()).expanduser()
+    recorded = manifest.get("datasets") or {}
+    out: dict[str, Dataset] = {}
+    for role in ROLES:
+        spec = cfg.primary if role == "primary" else cfg.auxiliary
+        if role == "auxiliary" and (cfg.model == "single" or not spec):
+            continue
+        assert spec is not None
+        size = cfg.primary_size if role == "primary" else cfg.auxiliary_size
+        spec = _locate_folder(spec, (recorded.get(role) or {}).get("root"), source.data_dir)
+        reporter.info(f"loading {spec} ({role})")
+        try:
+            out[role] = load_dataset(spec, data_dir, False, size, reporter.warn, f"--{role}")
+        except DataError as err:
+            raise DataError(
+                f"cannot reload the run's {role} dataset: {err} (pass --data-dir DIR if the data "
+                "moved)"
+            ) from None
+    if "auxiliary" in out:
+        align_classes(out["primary"], out["auxiliary"])
+    return out
+
+
+def _locate_folder(spec: str, recorded_root: Any, data_dir: str | None) -> str:
+    """`folder:PATH` as trained may be relative to another working directory, or moved: try the
+    folder under --data-dir first (when given), then PATH as written, then the recorded root."""
+    if not spec.startswith("folder:"):
+        return spec
+    path = Path(spec[len("folder:") :]).expanduser()
+    candidates = []
+    if data_dir:
+        candidates.append(Path(data_dir).expanduser() / path.name)
+    candidates.append(path)
+    if isinstance(recorded_root, str):
+        candidates.append(Path(recorded_root))
+    for candidate in candidates:
+        if (candidate / "train").is_dir():
+            return f"folder:{candidate}"
+    return spec
+
+
+def _check_datasets(
+    datasets: dict[str, Dataset],
+    state: dict[str, Any],
+    spec: ModelSpec,
+    manifest: dict[str, Any],
+    ckpt_path: Path,
+    reporter: Reporter,
+) -> None:
+    primary = datasets["primary"]
+    classes = state.get("classes")
+    if isinstance(classes, list) and list(map(str, classes)) != primary.classes:
+        raise DataError(
+            f"the primary dataset's classes ({', '.join(primary.classes)}) are not the classes "
+            f"the checkpoint was trained on ({', '.join(map(str, classes))}); was the data "
+            "changed? pass --data-dir DIR to point at the original data"
+        )
+    shapes = {"primary": spec.primary_shape, "auxiliary": spec.auxiliary_shape}
+    recorded = manifest.get("datasets") or {}
+    for role, ds in datasets.items():
+        if ds.image_shape != shapes[role]:
+            raise DataError(
+                f"the {role} images are now {_fmt_shape(ds.image_shape)} but the model was "
+                f"trained on {_fmt_shape(shapes[role])} ({ckpt_path}); point --data-dir at the "
+                "original data"
+            )
+        rec = recorded.get(role) or {}
+        for split, n in (("train", len(ds.train)), ("test", len(ds.test))):
+            want = rec.get(f"{split}_size")
+            if isinstance(want, int) and want != n:
+                reporter.warn(
+                    f"the {role} dataset {ds.name} now has {n} {split} images, the run recorded "
+                    f"{want}; the data changed since training"
+                )
+
+
+def _fmt_shape(shape: tuple[int, int, int] | None) -> str:
+    return "x".join(map(str, shape)) if shape else "-"
+
+
+def _labeled_index(
+    run: RunDir, cfg: TrainConfig, primary: Dataset, reporter: Reporter
+) -> torch.Tensor:
+    """The labeled subset as `labeled_indices.csv` recorded it (recomputed if that is missing)."""
+    path = run.path / LABELED
+    n_train = len(primary.train)
+    if path.is_file():
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            index = torch.tensor([int(r["index"]) for r in rows], dtype=torch.long)
+            names = [r["class"] for r in rows]
+        except (OSError, KeyError, ValueError, TypeError):
+            reporter.warn(f"{path} is unreadable; recomputing the labeled subset from the seed")
+        else:
+            if len(index) and (int(index.max()) >= n_train or int(index.min()) < 0):
+                raise DataError(
+                    f"{path} names training images beyond the {n_train} of {primary.name}; the "
+                    "data changed since training"
+                )
+            got = [primary.classes[int(y)] for y in primary.train.labels[index]]
+            if got != names:
+                reporter.warn(
+                    f"the classes in {path} no longer match {primary.name}'s labels; the data "
+                    "changed since training"
+                )
+            return index
+    try:
+        return labeled_subset(
+            primary.train.labels,
+            primary.classes,
+            cfg.n_labeled,
+            cfg.labeled_selection,
+            cfg.seed,
+            primary.name,
+        )
+    except UsageError as err:
+        raise DataError(f"cannot rebuild the labeled subset: {err}") from None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1] on the device, channels-last like the model."""
+    x = images.to(device).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def encode(
+    loaded: LoadedRun, role: str, images: torch.Tensor, batch_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Posterior parameters (JADE: mu_c, logvar_c, mu_s, logvar_s) or bottleneck features
+    (single/paired: features) of uint8 images, on the CPU, in batches."""
+    model, device = loaded.model, loaded.device
+    batch = batch_size or loaded.source.batch_size
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch):
+        x = to_input(images[start : start + batch], device)  # (B, C, H, W)
+        if isinstance(model, JADE):
+            enc = model.primary_encoder if role == "primary" else model.aux_encoder
+            q = enc(x)
+            out = {"mu_c": q.mu_c, "logvar_c": q.logvar_c, "mu_s": q.mu_s, "logvar_s": q.logvar_s}
+        else:
+            feats = model.primary_features(x) if role == "primary" else model.aux_features(x)
+            out = {"features": feats}
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output_dir(loaded: LoadedRun, name: str) -> Path:
+    """`--out`, else RUN/analysis/<name>; created if needed."""
+    out = loaded.source.out or loaded.run.path / ANALYSIS_DIR / name
+    flag = "--out" if loaded.source.out else "RUN"
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{flag} {out} is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"{flag}: cannot create {out} ({err.strerror}); use --out DIR") from None
+    return out
+
+
+def display_path(loaded: LoadedRun, path: Path) -> str:
+    """A path relative to the run folder when inside it (as the manifest records it)."""
+    try:
+        return str(path.resolve().relative_to(loaded.run.path.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def record(loaded: LoadedRun, entry: dict[str, Any], reporter: Reporter) -> bool:
+    """Append `entry` to the manifest's `analyses` list; skipped (with a warning) while the run
+    is marked running, because the training process rewrites the manifest every epoch."""
+    if loaded.status == "running":
+        reporter.warn(
+            f"not recorded in {loaded.run.manifest_path}: the run is marked running and its "
+            "trainer rewrites that file"
+        )
+        return False
+    manifest = loaded.run.read_manifest()  # re-read: append to what is on disk now
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    command = loaded.source.command
+    full = {"time": stamp, "command": " ".join(shlex.quote(a) for a in command), **entry}
+    analyses = manifest.get("analyses")
+    if not isinstance(analyses, list):
+        analyses = []
+    analyses.append(full)
+    manifest["analyses"] = analyses
+    try:
+        loaded.run.write_manifest(manifest)
+    except OSError as err:
+        reporter.warn(f"could not record this in {loaded.run.manifest_path} ({err.strerror})")
+        return False
+    return True
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file written atomically; floats with 6 significant digits, None as empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(v) for v in row])
+    atomic_write_text(path, buf.getvalue())
+
+
+def finite(obj: Any) -> Any:
+    """The report with every NaN or infinite float replaced by None (valid JSON for jq)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,267 @@
+"""`jade evaluate RUN`: how good is a trained run?
+
+For the primary and the auxiliary dataset (one split of each): accuracy, per-class accuracy, the
+confusion matrix, the classifier's mean negative log-likelihood, and for JADE the test ELBO terms.
+Files go to RUN/analysis/evaluate-<split>/ (summary.json, per_class.csv, confusion_<role>.csv and
+.png); the manifest gets one `analyses` entry.
+
+    jade evaluate runs/quickstart --format json | python -c "import json,sys; \
+print(json.load(sys.stdin)['primary']['accuracy'])"
+
+The JADE test ELBO, per image and in nats (pixels in [0, 1] scored as Bernoulli probabilities):
+
+    -ELBO(x) = BCE(x, dec([z_s, z_c])) + KL(q(z_s|x) || N(0, I)) + KL(q(z_c|x) || N(0, I))
+
+with one z ~ q(z|x) per image from a seeded generator. At test time there is no paired image, so
+the content prior is N(0, I) for both datasets; `kl_match` separately reports the training
+objective's KL(q(z_c^P|x_P) || q(z_c^A|x_A)) over same-class test pairs (one random auxiliary
+image of the same class per primary image).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from jadecli.analysis.common import (
+    LoadedRun,
+    display_path,
+    finite,
+    open_run,
+    output_dir,
+    record,
+    to_input,
+    write_csv,
+    write_json,
+)
+from jadecli.config import ConfigError, EvaluateConfig
+from jadecli.data.core import ImageSet
+from jadecli.data.sampling import derive_seed
+from jadecli.model import JADE
+from jadecli.objective import kl_normal, kl_standard_normal, reconstruction_bce
+from jadecli.progress import Reporter
+
+
+@dataclass
+class EvaluateResult:
+    report: dict[str, Any]  # what --format json prints (also saved as summary.json)
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    passed: bool | None = None  # the --min-accuracy gate, None when not asked for
+
+
+def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> EvaluateResult:
+    """Evaluate RUN's checkpoint on one split of its datasets; write the files; record it."""
+    loaded = open_run(cfg, reporter)
+    t0 = time.perf_counter()
+    roles: dict[str, dict[str, Any] | None] = {}
+    codes: dict[str, tuple[ImageSet, dict[str, torch.Tensor]]] = {}
+    for role in ("primary", "auxiliary"):
+        if role not in loaded.datasets:
+            roles[role] = None
+            continue
+        part = loaded.images(role, cfg.split, cfg.test_limit)
+        if part is None:
+            reporter.info(f"the {role} dataset has no {cfg.split} images; skipped")
+            roles[role] = None
+            continue
+        result, kept = _evaluate_part(loaded, role, part, cfg.seed)
+        roles[role] = result
+        if kept:
+            codes[role] = (part, kept)
+    if roles["primary"] is None:
+        raise ConfigError("split", f"{cfg.split}: the primary dataset has no such images")
+    kl_match = _kl_match(codes, loaded.spec.num_classes, cfg.seed) if len(codes) == 2 else None
+    seconds = time.perf_counter() - t0
+
+    tag = cfg.split + (f"-first{cfg.test_limit}" if cfg.test_limit else "")
+    out = output_dir(loaded, f"evaluate-{tag}{loaded.checkpoint_tag()}")
+    files = _write_files(out, loaded, roles)
+    primary_acc = roles["primary"]["accuracy"]
+    passed = None if cfg.min_accuracy is None else primary_acc >= cfg.min_accuracy
+    report: dict[str, Any] = {
+        "run": str(loaded.run.path),
+        "model": loaded.kind,
+        "status": loaded.status,
+        "checkpoint": display_path(loaded, loaded.checkpoint_path),
+        "epoch": loaded.epoch,
+        "split": cfg.split,
+        "limit": cfg.test_limit,
+        "device": str(loaded.device),
+        "seconds": round(seconds, 3),
+        "primary": roles["primary"],
+        "auxiliary": roles["auxiliary"],
+        "kl_match": kl_match,
+        "min_accuracy": cfg.min_accuracy,
+        "passed": passed,
+        "output_dir": str(out),
+        "files": [display_path(loaded, f) for f in files],
+    }
+    report = finite(report)
+    summary = out / "summary.json"
+    write_json(summary, report)
+    files.append(summary)
+    report["files"].append(display_path(loaded, summary))
+    record(
+        loaded,
+        {
+            "analysis": "evaluate",
+            "checkpoint": report["checkpoint"],
+            "epoch": loaded.epoch,
+            "split": cfg.split,
+            "limit": cfg.test_limit,
+            "primary_accuracy": primary_acc,
+            "auxiliary_accuracy": (roles["auxiliary"] or {}).get("accuracy"),
+            "primary_nll": roles["primary"]["nll"],
+            "kl_match": kl_match,
+            "min_accuracy": cfg.min_accuracy,
+            "passed": passed,
+            "output_dir": display_path(loaded, out),
+        },
+        reporter,
+    )
+    return EvaluateResult(report, out, files, passed)
+
+
+@torch.inference_mode()
+def _evaluate_part(
+    loaded: LoadedRun, role: str, part: ImageSet, seed: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Metrics of one dataset split, and (JADE) its content posteriors for the pair KL."""
+    model, device, k = loaded.model, loaded.device, loaded.spec.num_classes
+    batch = loaded.source.batch_size
+    gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", role))
+    preds, mu_c, logvar_c = [], [], []
+    nll = torch.zeros((), dtype=torch.float64)
+    elbo_sums = torch.zeros(3, dtype=torch.float64)  # recon, kl_style, kl_content
+    for start in range(0, len(part), batch):
+        x = to_input(part.images[start : start + batch], device)  # (B, C, H, W)
+        y = part.labels[start : start + batch].to(device)
+        if isinstance(model, JADE):
+            enc = model.primary_encoder if role == "primary" else model.aux_encoder
+            dec = model.primary_decoder if role == "primary" else model.aux_decoder
+            q = enc(x)
+            logits = model.classifier(q.mu_c)  # prediction from the posterior mean
+            z_s = (
+                q.mu_s
+                + torch.randn(q.mu_s.shape, generator=gen, device=device) * (0.5 * q.logvar_s).exp()
+            )
+            z_c = (
+                q.mu_c
+                + torch.randn(q.mu_c.shape, generator=gen, device=device) * (0.5 * q.logvar_c).exp()
+            )
+            recon = reconstruction_bce(dec(torch.cat([z_s, z_c], 1)), x)  # (B,)
+            terms = torch.stack(
+                [
+                    recon.sum(),
+                    kl_standard_normal(q.mu_s, q.logvar_s).sum(),
+                    kl_standard_normal(q.mu_c, q.logvar_c).sum(),
+                ]
+            )
+            elbo_sums += terms.double().cpu()
+            mu_c.append(q.mu_c.float().cpu())
+            logvar_c.append(q.logvar_c.float().cpu())
+        else:
+            classify = getattr(model, f"classify_{'primary' if role == 'primary' else 'aux'}")
+            logits = classify(x)
+        nll += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
+        preds.append(logits.argmax(1).cpu())
+    n = len(part)
+    pred = torch.cat(preds)
+    confusion = torch.bincount(part.labels * k + pred, minlength=k * k).view(k, k)  # (true, pred)
+    correct = confusion.diag()
+    per_class_n = confusion.sum(1)
+    ds = loaded.datasets[role]
+    result: dict[str, Any] = {
+        "dataset": ds.name,
+        "images": n,
+        "accuracy": float(correct.sum()) / n,
+        "nll": float(nll) / n,
+        "per_class": {
+            c: {
+                "images": int(per_class_n[i]),
+                "accuracy": float(correct[i]) / int(per_class_n[i]) if per_class_n[i] else None,
+            }
+            for i, c in enumerate(ds.classes)
+        },
+        "confusion": confusion.tolist(),
+        "elbo": None,
+    }
+    kept: dict[str, torch.Tensor] = {}
+    if isinstance(model, JADE):
+        recon, kl_s, kl_c = (float(v) / n for v in elbo_sums)
+        result["elbo"] = {
+            "recon": recon,
+            "kl_style": kl_s,
+            "kl_content": kl_c,
+            "elbo": -(recon + kl_s + kl_c),
+            "pixels": int(part.images[0].numel()),
+        }
+        kept = {"mu_c": torch.cat(mu_c), "logvar_c": torch.cat(logvar_c)}
+    return result, kept
+
+
+def _kl_match(
+    codes: dict[str, tuple[ImageSet, dict[str, torch.Tensor]]], num_classes: int, seed: int
+) -> float | None:
+    """Mean KL(q(z_c^P|x_P) || q(z_c^A|x_A)) over same-class test pairs (seeded)."""
+    prim, q_p = codes["primary"]
+    aux, q_a = codes["auxiliary"]
+    gen = torch.Generator().manual_seed(derive_seed(seed, "evaluate", "pairs"))
+    partner = torch.full((len(prim),), -1, dtype=torch.long)
+    for c in range(num_classes):
+        p_idx = torch.nonzero(prim.labels == c).flatten()
+        a_idx = torch.nonzero(aux.labels == c).flatten()
+        if len(p_idx) and len(a_idx):
+            partner[p_idx] = a_idx[torch.randint(len(a_idx), (len(p_idx),), generator=gen)]
+    ok = partner >= 0
+    if not bool(ok.any()):
+        return None
+    kl = kl_normal(
+        q_p["mu_c"][ok], q_p["logvar_c"][ok], q_a["mu_c"][partner[ok]], q_a["logvar_c"][partner[ok]]
+    )
+    return float(kl.mean())
+
+
+def _write_files(
+    out: Path, loaded: LoadedRun, roles: dict[str, dict[str, Any] | None]
+) -> list[Path]:
+    from jadecli import plots
+
+    files: list[Path] = []
+    rows: list[list[Any]] = []
+    for role, res in roles.items():
+        if res is None:
+            continue
+        classes = loaded.datasets[role].classes
+        matrix = res["confusion"]
+        csv_path = out / f"confusion_{role}.csv"
+        write_csv(
+            csv_path,
+            ["true \\ predicted", *classes],
+            [[c, *matrix[i]] for i, c in enumerate(classes)],
+        )
+        png_path = out / f"confusion_{role}.png"
+        import numpy as np
+
+        plots.plot_confusion(
+            png_path,
+            np.asarray(matrix),
+            classes,
+            f"{role}: {res['dataset']} ({res['images']} images)",
+        )
+        files += [csv_path, png_path]
+        for c in classes:
+            pc = res["per_class"][c]
+            acc = pc["accuracy"]
+            correct = round(acc * pc["images"]) if acc is not None else 0
+            rows.append([role, res["dataset"], c, pc["images"], correct, acc])
+    per_class = out / "per_class.csv"
+    write_csv(per_class, ["role", "dataset", "class", "images", "correct", "accuracy"], rows)
+    files.insert(0, per_class)
+    return files

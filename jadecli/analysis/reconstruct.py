@@ -1,0 +1,464 @@
+"""`jade reconstruct RUN`: what do a JADE run's decoders see?
+
+- reconstructions.png: test images and their reconstructions from the posterior means.
+- swap_*.png: style/content swaps (the paper's future work): cell (i, j) decodes the content
+  latents of image j (top row) with the style latents of image i (left column). Within each
+  dataset, and across datasets: auxiliary content rendered in primary style through the primary
+  decoder (MNIST digits drawn as SVHN crops), and the reverse.
+- traverse_*.png (`--traverse`): one latent dimension varied over +-R standard deviations (its
+  spread over the split) while the others stay at one image's posterior mean.
+
+Every grid has a CSV twin with numbers: each generated image is classified by the model itself
+(decoded image -> its dataset's encoder -> classifier on mu_c), so `swaps.csv` says how often a
+swap keeps the content image's class and `traverse_*.csv` how often moving one dimension changes
+the predicted class.
+
+    jade reconstruct runs/quickstart --n 8 --traverse all
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jadecli.analysis.common import (
+    LoadedRun,
+    display_path,
+    finite,
+    open_run,
+    output_dir,
+    record,
+    to_input,
+    write_csv,
+    write_json,
+)
+from jadecli.config import ConfigError, ReconstructConfig
+from jadecli.data.core import ImageSet
+from jadecli.data.sampling import derive_seed
+from jadecli.model import JADE, ModelSpec
+from jadecli.objective import reconstruction_bce
+from jadecli.progress import Reporter
+
+MAX_N = 32
+SPREAD_IMAGES = 2000  # images used to measure each dimension's spread for --traverse
+
+
+def parse_dims(spec: str, content_dim: int, style_dim: int) -> list[tuple[str, int]]:
+    """`all`, `content`, `style` or a comma list (`content_3,style_0`, short `c3,s0`)."""
+    everything = [("content", i) for i in range(content_dim)] + [
+        ("style", i) for i in range(style_dim)
+    ]
+    wanted: list[tuple[str, int]] = []
+    for item in (p.strip() for p in spec.split(",")):
+        if item == "all":
+            wanted += everything
+        elif item in ("content", "style"):
+            wanted += [d for d in everything if d[0] == item]
+        else:
+            m = re.fullmatch(r"(content|style|c|s)_?(\d+)", item)
+            if not m:
+                raise ConfigError(
+                    "traverse",
+                    f"{item!r} is not a dimension; use all, content, style or names like "
+                    "content_3, style_0 (short: c3, s0)",
+                )
+            group = "content" if m.group(1).startswith("c") else "style"
+            index, size = int(m.group(2)), content_dim if group == "content" else style_dim
+            if index >= size:
+                raise ConfigError(
+                    "traverse", f"{item!r}: this run has {size} {group} dimensions (0-{size - 1})"
+                )
+            wanted.append((group, index))
+    return list(dict.fromkeys(wanted))  # keep order, drop repeats
+
+
+@dataclass
+class ReconstructResult:
+    report: dict[str, Any]
+    out_dir: Path
+    files: list[Path]
+
+
+@dataclass
+class Picked:
+    role: str
+    part: ImageSet  # the chosen images
+    index: torch.Tensor  # their positions in the split
+    x: torch.Tensor  # (n, C, H, W) float in [0, 1] on the device
+    mu_s: torch.Tensor
+    mu_c: torch.Tensor
+
+
+def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult:
+    dims: list[tuple[str, int]] = []
+
+    def check(spec: ModelSpec) -> None:
+        if cfg.traverse:
+            dims.extend(parse_dims(cfg.traverse, spec.content_dim, spec.style_dim))
+
+    loaded = open_run(cfg, reporter, need_decoder="reconstruct", check_spec=check)
+    model = loaded.model
+    assert isinstance(model, JADE)
+    t0 = time.perf_counter()
+    picked: dict[str, Picked] = {}
+    for role in ("primary", "auxiliary"):
+        part = loaded.images(role, cfg.split)
+        if part is None:
+            raise ConfigError("split", f"{cfg.split}: the {role} dataset has no such images")
+        picked[role] = _pick(loaded, role, part, cfg.n, cfg.seed)
+
+    out = output_dir(loaded, f"reconstruct-{cfg.split}-seed{cfg.seed}{loaded.checkpoint_tag()}")
+    files: list[Path] = []
+    summary: dict[str, Any] = {}
+    files += _reconstructions(out, loaded, picked, summary)
+    files += _swaps(out, loaded, picked, summary)
+    if dims:
+        for role in ("primary", "auxiliary"):
+            part = loaded.images(role, cfg.split, SPREAD_IMAGES)
+            assert part is not None
+            files += _traverse(out, loaded, picked[role], part, dims, cfg, summary)
+    seconds = time.perf_counter() - t0
+    report = {
+        "run": str(loaded.run.path),
+        "model": loaded.kind,
+        "status": loaded.status,
+        "checkpoint": display_path(loaded, loaded.checkpoint_path),
+        "epoch": loaded.epoch,
+        "split": cfg.split,
+        "n": cfg.n,
+        "seed": cfg.seed,
+        "seconds": round(seconds, 3),
+        **summary,
+        "output_dir": str(out),
+        "files": [display_path(loaded, f) for f in files],
+    }
+    report = finite(report)
+    summary_path = out / "summary.json"
+    write_json(summary_path, report)
+    files.append(summary_path)
+    record(
+        loaded,
+        {
+            "analysis": "reconstruct",
+            "checkpoint": report["checkpoint"],
+            "epoch": loaded.epoch,
+            "split": cfg.split,
+            "n": cfg.n,
+            "seed": cfg.seed,
+            "traverse": cfg.traverse,
+            "swap_content_kept": {k: v["content_kept"] for k, v in summary["swaps"].items()},
+            "output_dir": display_path(loaded, out),
+        },
+        reporter,
+    )
+    return ReconstructResult(report, out, files)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _encoder(model: JADE, role: str) -> Any:
+    return model.primary_encoder if role == "primary" else model.aux_encoder
+
+
+@torch.inference_mode()
+def _decode(model: JADE, role: str, z_s: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
+    dec = model.primary_decoder if role == "primary" else model.aux_decoder
+    return torch.sigmoid(dec(torch.cat([z_s, z_c], 1)))  # (B, C, H, W) in [0, 1]
+
+
+@torch.inference_mode()
+def _classify(model: JADE, role: str, x: torch.Tensor) -> torch.Tensor:
+    """The run's own prediction for images of `role`'s kind (posterior mean -> classifier)."""
+    return model.classifier(_encoder(model, role)(x).mu_c).argmax(1).cpu()
+
+
+@torch.inference_mode()
+def _pick(loaded: LoadedRun, role: str, part: ImageSet, n: int, seed: int) -> Picked:
+    """n images, one class after another (0, 1, 2, ...), each chosen at random within its class."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "reconstruct", role))
+    pools = []
+    for c in range(loaded.spec.num_classes):
+        members = torch.nonzero(part.labels == c).flatten()
+        if len(members):
+            pools.append(members[torch.randperm(len(members), generator=gen)])
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(p) for p in pools):
+        for p in pools:
+            if depth < len(p) and len(chosen) < n:
+                chosen.append(int(p[depth]))
+        depth += 1
+    index = torch.tensor(chosen, dtype=torch.long)
+    sub = part.subset(index)
+    x = to_input(sub.images, loaded.device)
+    q = _encoder(loaded.model, role)(x)  # type: ignore[arg-type]
+    return Picked(role, sub, index, x, q.mu_s, q.mu_c)
+
+
+def _display(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H', W', 3) numpy at a common display size."""
+    x = x.float().cpu()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _name(loaded: LoadedRun, role: str, label: int) -> str:
+    return loaded.datasets[role].classes[int(label)]
+
+
+def _reconstructions(
+    out: Path, loaded: LoadedRun, picked: dict[str, Picked], summary: dict[str, Any]
+) -> list[Path]:
+    from jadecli import plots
+
+    model = loaded.model
+    assert isinstance(model, JADE)
+    size = _common_size(loaded)
+    rows, labels, csv_rows = [], [], []
+    summary["reconstruction"] = {}
+    for role, p in picked.items():
+        recon = _decode(model, role, p.mu_s, p.mu_c)  # from the posterior means
+        with torch.inference_mode():
+            bce = reconstruction_bce(torch.logit(recon.clamp(1e-6, 1 - 1e-6)), p.x).cpu()
+            mse = (recon - p.x).pow(2).flatten(1).mean(1).cpu()
+        pred_x, pred_r = _classify(model, role, p.x), _classify(model, role, recon)
+        rows += [_display(p.x, size), _display(recon, size)]
+        name = loaded.datasets[role].name
+        labels += [f"{role} ({name})", "reconstruction"]
+        for i in range(len(p.index)):
+            csv_rows.append(
+                [
+                    role,
+                    int(p.index[i]),
+                    _name(loaded, role, p.part.labels[i]),
+                    _name(loaded, role, pred_x[i]),
+                    _name(loaded, role, pred_r[i]),
+                    float(bce[i]),
+                    float(mse[i]),
+                ]
+            )
+        summary["reconstruction"][role] = {
+            "mean_bce": float(bce.mean()),
+            "mean_mse": float(mse.mean()),
+            "class_kept": float((pred_r == p.part.labels).double().mean()),
+        }
+    n = min(len(p.index) for p in picked.values())
+    grid = np.stack([r[:n] for r in rows])  # (4, n, H, W, 3)
+    png = out / "reconstructions.png"
+    plots.save_image_grid(
+        png,
+        grid,
+        "originals and reconstructions (decoded posterior means)",
+        row_labels=labels,
+        col_labels=_column_labels(loaded, picked, n),
+    )
+    csv_path = out / "reconstructions.csv"
+    write_csv(
+        csv_path,
+        ["role", "index", "class", "predicted", "predicted_from_reconstruction", "bce", "mse"],
+        csv_rows,
+    )
+    return [png, csv_path]
+
+
+def _common_size(loaded: LoadedRun) -> tuple[int, int]:
+    shapes = [loaded.datasets[r].image_shape for r in loaded.datasets]
+    return max(s[1] for s in shapes), max(s[2] for s in shapes)
+
+
+def _column_labels(loaded: LoadedRun, picked: dict[str, Picked], n: int) -> list[str]:
+    p, a = picked["primary"], picked["auxiliary"]
+    out = []
+    for i in range(n):
+        cp = _name(loaded, "primary", p.part.labels[i])
+        ca = _name(loaded, "auxiliary", a.part.labels[i])
+        out.append(cp if cp == ca else f"{cp}/{ca}")
+    return out
+
+
+SWAPS = (
+    # (grid name, content from, style from, decoder)
+    ("primary", "primary", "primary", "primary"),
+    ("auxiliary", "auxiliary", "auxiliary", "auxiliary"),
+    ("auxiliary_content_in_primary_style", "auxiliary", "primary", "primary"),
+    ("primary_content_in_auxiliary_style", "primary", "auxiliary", "auxiliary"),
+)
+
+
+def _swaps(
+    out: Path, loaded: LoadedRun, picked: dict[str, Picked], summary: dict[str, Any]
+) -> list[Path]:
+    from jadecli import plots
+
+    model = loaded.model
+    assert isinstance(model, JADE)
+    files: list[Path] = []
+    csv_rows: list[list[Any]] = []
+    summary["swaps"] = {}
+    for name, c_role, s_role, d_role in SWAPS:
+        content, style = picked[c_role], picked[s_role]
+        nc, ns = len(content.index), len(style.index)
+        # every (style i, content j) combination in one batch: (ns * nc, dim)
+        z_s = style.mu_s.repeat_interleave(nc, 0)
+        z_c = content.mu_c.repeat(ns, 1)
+        images = _decode(model, d_role, z_s, z_c)  # (ns * nc, C, H, W)
+        pred = _classify(model, d_role, images).view(ns, nc)
+        shape = loaded.datasets[d_role].image_shape
+        size = (shape[1], shape[2])
+        cells = np.ones((ns + 1, nc + 1, *size, 3), dtype=np.float32)
+        cells[0, 1:] = _display(content.x, size)
+        cells[1:, 0] = _display(style.x, size)
+        cells[1:, 1:] = _display(images, size).reshape(ns, nc, *size, 3)
+        blank = np.zeros((ns + 1, nc + 1), dtype=bool)
+        blank[0, 0] = True
+        c_names = [_name(loaded, c_role, y) for y in content.part.labels]
+        s_names = [_name(loaded, s_role, y) for y in style.part.labels]
+        png = out / f"swap_{name}.png"
+        title = (
+            f"content of the top row ({c_role}) with the style of the left column ({s_role}), "
+            f"decoded by the {d_role} decoder"
+        )
+        plots.save_image_grid(
+            png,
+            cells,
+            title,
+            row_labels=["content ->", *[f"style: {s}" for s in s_names]],
+            col_labels=["", *c_names],
+            blank=blank,
+        )
+        files.append(png)
+        kept, leak, leak_n = 0, 0, 0
+        for i in range(ns):
+            for j in range(nc):
+                p_name = _name(loaded, d_role, pred[i, j])
+                kept += p_name == c_names[j]
+                if s_names[i] != c_names[j]:
+                    leak_n += 1
+                    leak += p_name == s_names[i]
+                csv_rows.append(
+                    [
+                        name,
+                        int(style.index[i]),
+                        s_names[i],
+                        int(content.index[j]),
+                        c_names[j],
+                        p_name,
+                        int(p_name == c_names[j]),
+                    ]
+                )
+        summary["swaps"][name] = {
+            "content_from": c_role,
+            "style_from": s_role,
+            "decoder": d_role,
+            "content_kept": kept / (ns * nc),
+            "style_class": leak / leak_n if leak_n else None,
+        }
+    csv_path = out / "swaps.csv"
+    write_csv(
+        csv_path,
+        [
+            "grid",
+            "style_index",
+            "style_class",
+            "content_index",
+            "content_class",
+            "predicted",
+            "content_kept",
+        ],
+        csv_rows,
+    )
+    files.append(csv_path)
+    return files
+
+
+@torch.inference_mode()
+def _traverse(
+    out: Path,
+    loaded: LoadedRun,
+    p: Picked,
+    spread_part: ImageSet,
+    dims: list[tuple[str, int]],
+    cfg: ReconstructConfig,
+    summary: dict[str, Any],
+) -> list[Path]:
+    from jadecli import plots
+
+    model = loaded.model
+    assert isinstance(model, JADE)
+    role = p.role
+    # each dimension's spread: std of its posterior mean over (up to 2,000 of) the split's images
+    enc = _encoder(model, role)
+    mus_s, mus_c = [], []
+    for start in range(0, len(spread_part), loaded.source.batch_size):
+        x = spread_part.images[start : start + loaded.source.batch_size]
+        q = enc(to_input(x, loaded.device))
+        mus_s.append(q.mu_s)
+        mus_c.append(q.mu_c)
+    std = {"style": torch.cat(mus_s).std(0), "content": torch.cat(mus_c).std(0)}
+    offsets = torch.linspace(-cfg.traverse_range, cfg.traverse_range, cfg.traverse_steps)
+    base_s, base_c = p.mu_s[:1], p.mu_c[:1]  # the first picked image
+    z_s = base_s.repeat(len(dims) * len(offsets), 1)
+    z_c = base_c.repeat(len(dims) * len(offsets), 1)
+    values = []
+    for r, (group, d) in enumerate(dims):
+        rows = slice(r * len(offsets), (r + 1) * len(offsets))
+        base = (base_c if group == "content" else base_s)[0, d]
+        vals = base + offsets.to(base.device) * std[group][d]
+        (z_c if group == "content" else z_s)[rows, d] = vals
+        values.append(vals.cpu())
+    images = _decode(model, role, z_s, z_c)  # (dims * steps, C, H, W)
+    pred = _classify(model, role, images).view(len(dims), len(offsets))
+    base_pred = int(_classify(model, role, p.x[:1])[0])
+    shape = loaded.datasets[role].image_shape
+    size = (shape[1], shape[2])
+    cells = _display(images, size).reshape(len(dims), len(offsets), *size, 3)
+    png = out / f"traverse_{role}.png"
+    label = _name(loaded, role, p.part.labels[0])
+    plots.save_image_grid(
+        png,
+        cells,
+        f"{role} image #{int(p.index[0])} (class {label}): one latent at a time, offsets in "
+        "standard deviations over the split",
+        row_labels=[f"{g}_{d}" for g, d in dims],
+        col_labels=[f"{o:+.1f} sd" for o in offsets.tolist()],
+    )
+    csv_rows = []
+    changed: dict[str, list[int]] = {"content": [], "style": []}
+    for r, (group, d) in enumerate(dims):
+        for s in range(len(offsets)):
+            pc = int(pred[r, s])
+            changed[group].append(int(pc != base_pred))
+            csv_rows.append(
+                [
+                    f"{group}_{d}",
+                    group,
+                    float(offsets[s]),
+                    float(values[r][s]),
+                    _name(loaded, role, pc),
+                    int(pc != base_pred),
+                ]
+            )
+    csv_path = out / f"traverse_{role}.csv"
+    write_csv(
+        csv_path,
+        ["dim", "group", "offset_sd", "value", "predicted", "class_changed"],
+        csv_rows,
+    )
+    summary.setdefault("traverse", {})[role] = {
+        "image_index": int(p.index[0]),
+        "class": label,
+        "predicted": _name(loaded, role, base_pred),
+        "class_changed": {g: (sum(v) / len(v) if v else None) for g, v in changed.items()},
+    }
+    return [png, csv_path]

@@ -319,6 +319,27 @@ def _parse_fraction(value: str | None) -> float | None:
 SRC = "Run"
 
 
+def _source(
+    ctx: typer.Context,
+    run: Path,
+    checkpoint: Path | None,
+    data_dir: str | None,
+    device: str,
+    batch_size: int,
+    out: Path | None,
+) -> dict[str, Any]:
+    """The run-source options every analysis command shares (fields of RunSource)."""
+    return {
+        "run": run,
+        "checkpoint": checkpoint,
+        "data_dir": data_dir,
+        "device": device,
+        "batch_size": batch_size,
+        "out": out,
+        "command": ctx.meta.get("jade.argv", []),
+    }
+
+
 @app.command(no_args_is_help=True)
 def evaluate(
     ctx: typer.Context,
@@ -344,13 +365,7 @@ def evaluate(
 
     _check_format(fmt)
     cfg = EvalCfg(
-        run=run,
-        checkpoint=checkpoint,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        out=out,
-        command=ctx.meta.get("jade.argv", []),
+        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
         split=split,
         test_limit=test_limit,
         min_accuracy=_parse_fraction(min_accuracy),
@@ -399,13 +414,7 @@ def inspect_latents(
 
     _check_format(fmt)
     cfg = LatCfg(
-        run=run,
-        checkpoint=checkpoint,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        out=out,
-        command=ctx.meta.get("jade.argv", []),
+        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
         dataset=dataset,
         split=split,
         test_limit=test_limit,
@@ -444,13 +453,7 @@ def reconstruct(
 
     _check_format(fmt)
     cfg = RecCfg(
-        run=run,
-        checkpoint=checkpoint,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        out=out,
-        command=ctx.meta.get("jade.argv", []),
+        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
         n=n,
         seed=seed,
         split=split,

@@ -374,9 +374,12 @@ def encode(
 # --------------------------------------------------------------------------- outputs
 
 
-def output_dir(loaded: LoadedRun, name: str) -> Path:
-    """`--out`, else RUN/analysis/<name>; created if needed."""
-    out = loaded.source.out or loaded.run.path / ANALYSIS_DIR / name
+def output_dir(
+    loaded: LoadedRun, command: str, split: str, limit: int | None = None, suffix: str = ""
+) -> Path:
+    """`--out`, else RUN/analysis/<command>-<split>[-first<N>][suffix][-<checkpoint>]; created."""
+    name = f"{command}-{split}" + (f"-first{limit}" if limit else "") + suffix
+    out = loaded.source.out or loaded.run.path / ANALYSIS_DIR / (name + loaded.checkpoint_tag())
     flag = "--out" if loaded.source.out else "RUN"
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{flag} {out} is a file, not a folder; choose another --out")
@@ -393,6 +396,50 @@ def display_path(loaded: LoadedRun, path: Path) -> str:
         return str(path.resolve().relative_to(loaded.run.path.resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+def publish(
+    loaded: LoadedRun,
+    analysis: str,
+    split: str,
+    out: Path,
+    body: dict[str, Any],
+    files: list[Path],
+    entry: dict[str, Any],
+    reporter: Reporter,
+) -> tuple[dict[str, Any], list[Path]]:
+    """The finished report (what `--format json` prints): written to `out/summary.json`, and a
+    short `entry` appended to the manifest. Returns the report and all files written."""
+    summary = out / "summary.json"
+    files = [*files, summary]
+    report = finite(
+        {
+            "run": str(loaded.run.path),
+            "model": loaded.kind,
+            "status": loaded.status,
+            "checkpoint": display_path(loaded, loaded.checkpoint_path),
+            "epoch": loaded.epoch,
+            "split": split,
+            "device": str(loaded.device),
+            **body,
+            "output_dir": str(out),
+            "files": [display_path(loaded, f) for f in files],
+        }
+    )
+    write_json(summary, report)
+    record(
+        loaded,
+        {
+            "analysis": analysis,
+            "checkpoint": report["checkpoint"],
+            "epoch": loaded.epoch,
+            "split": split,
+            **entry,
+            "output_dir": display_path(loaded, out),
+        },
+        reporter,
+    )
+    return report, files
 
 
 def record(loaded: LoadedRun, entry: dict[str, Any], reporter: Reporter) -> bool:

@@ -30,14 +30,11 @@ import torch.nn.functional as F
 
 from jadecli.analysis.common import (
     LoadedRun,
-    display_path,
-    finite,
     open_run,
     output_dir,
-    record,
+    publish,
     to_input,
     write_csv,
-    write_json,
 )
 from jadecli.config import ConfigError, EvaluateConfig
 from jadecli.data.core import ImageSet
@@ -79,52 +76,29 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> EvaluateResult:
     kl_match = _kl_match(codes, loaded.spec.num_classes, cfg.seed) if len(codes) == 2 else None
     seconds = time.perf_counter() - t0
 
-    tag = cfg.split + (f"-first{cfg.test_limit}" if cfg.test_limit else "")
-    out = output_dir(loaded, f"evaluate-{tag}{loaded.checkpoint_tag()}")
+    out = output_dir(loaded, "evaluate", cfg.split, cfg.test_limit)
     files = _write_files(out, loaded, roles)
     primary_acc = roles["primary"]["accuracy"]
     passed = None if cfg.min_accuracy is None else primary_acc >= cfg.min_accuracy
-    report: dict[str, Any] = {
-        "run": str(loaded.run.path),
-        "model": loaded.kind,
-        "status": loaded.status,
-        "checkpoint": display_path(loaded, loaded.checkpoint_path),
-        "epoch": loaded.epoch,
-        "split": cfg.split,
+    body = {
         "limit": cfg.test_limit,
-        "device": str(loaded.device),
         "seconds": round(seconds, 3),
         "primary": roles["primary"],
         "auxiliary": roles["auxiliary"],
         "kl_match": kl_match,
         "min_accuracy": cfg.min_accuracy,
         "passed": passed,
-        "output_dir": str(out),
-        "files": [display_path(loaded, f) for f in files],
     }
-    report = finite(report)
-    summary = out / "summary.json"
-    write_json(summary, report)
-    files.append(summary)
-    report["files"].append(display_path(loaded, summary))
-    record(
-        loaded,
-        {
-            "analysis": "evaluate",
-            "checkpoint": report["checkpoint"],
-            "epoch": loaded.epoch,
-            "split": cfg.split,
-            "limit": cfg.test_limit,
-            "primary_accuracy": primary_acc,
-            "auxiliary_accuracy": (roles["auxiliary"] or {}).get("accuracy"),
-            "primary_nll": roles["primary"]["nll"],
-            "kl_match": kl_match,
-            "min_accuracy": cfg.min_accuracy,
-            "passed": passed,
-            "output_dir": display_path(loaded, out),
-        },
-        reporter,
-    )
+    entry = {
+        "limit": cfg.test_limit,
+        "primary_accuracy": primary_acc,
+        "auxiliary_accuracy": (roles["auxiliary"] or {}).get("accuracy"),
+        "primary_nll": roles["primary"]["nll"],
+        "kl_match": kl_match,
+        "min_accuracy": cfg.min_accuracy,
+        "passed": passed,
+    }
+    report, files = publish(loaded, "evaluate", cfg.split, out, body, files, entry, reporter)
     return EvaluateResult(report, out, files, passed)
 
 

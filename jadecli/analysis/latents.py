@@ -42,14 +42,11 @@ import torch.nn.functional as F
 
 from jadecli.analysis.common import (
     LoadedRun,
-    display_path,
     encode,
-    finite,
     open_run,
     output_dir,
-    record,
+    publish,
     write_csv,
-    write_json,
 )
 from jadecli.config import ConfigError, LatentsConfig
 from jadecli.data.sampling import derive_seed
@@ -112,52 +109,22 @@ def inspect_latents(cfg: LatentsConfig, reporter: Reporter) -> LatentsResult:
         results.append(_analyse(loaded, role, codes, part.labels, part.factors, cfg))
     seconds = time.perf_counter() - t0
 
-    tag = cfg.split + (f"-first{cfg.test_limit}" if cfg.test_limit else "")
-    out = output_dir(loaded, f"latents-{tag}{loaded.checkpoint_tag()}")
+    out = output_dir(loaded, "latents", cfg.split, cfg.test_limit)
     files: list[Path] = []
     for r in results:
         files += _write_role(out, r, loaded)
-    report = {
-        "run": str(loaded.run.path),
-        "model": loaded.kind,
-        "status": loaded.status,
-        "checkpoint": display_path(loaded, loaded.checkpoint_path),
-        "epoch": loaded.epoch,
-        "split": cfg.split,
+    body = {
         "limit": cfg.test_limit,
         "normalisation": NORMALISATION,
         "active_threshold": ACTIVE_THRESHOLD,
         "seconds": round(seconds, 3),
         **{r.role: {**r.summary, "probe": r.probe, "notes": r.notes} for r in results},
-        "output_dir": str(out),
-        "files": [display_path(loaded, f) for f in files],
     }
-    report = finite(report)
-    summary = out / "summary.json"
-    write_json(summary, report)
-    files.append(summary)
-    record(
-        loaded,
-        {
-            "analysis": "inspect-latents",
-            "checkpoint": report["checkpoint"],
-            "epoch": loaded.epoch,
-            "split": cfg.split,
-            "limit": cfg.test_limit,
-            **{
-                r.role: {
-                    "disentanglement_ratio": r.summary["disentanglement_ratio"],
-                    "content_within": r.summary["content_within"],
-                    "style_within": r.summary["style_within"],
-                    "active_content": r.summary["active_content"],
-                    "active_style": r.summary["active_style"],
-                }
-                for r in results
-            },
-            "output_dir": display_path(loaded, out),
-        },
-        reporter,
-    )
+    keys = ("disentanglement_ratio", "content_within", "style_within", "active_content")
+    entry: dict[str, Any] = {"limit": cfg.test_limit}
+    for r in results:
+        entry[r.role] = {k: r.summary[k] for k in (*keys, "active_style")}
+    report, files = publish(loaded, "inspect-latents", cfg.split, out, body, files, entry, reporter)
     return LatentsResult(report, results, out, files)
 
 

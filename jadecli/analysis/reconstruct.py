@@ -30,14 +30,11 @@ import torch.nn.functional as F
 
 from jadecli.analysis.common import (
     LoadedRun,
-    display_path,
-    finite,
     open_run,
     output_dir,
-    record,
+    publish,
     to_input,
     write_csv,
-    write_json,
 )
 from jadecli.config import ConfigError, ReconstructConfig
 from jadecli.data.core import ImageSet
@@ -114,7 +111,7 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
             raise ConfigError("split", f"{cfg.split}: the {role} dataset has no such images")
         picked[role] = _pick(loaded, role, part, cfg.n, cfg.seed)
 
-    out = output_dir(loaded, f"reconstruct-{cfg.split}-seed{cfg.seed}{loaded.checkpoint_tag()}")
+    out = output_dir(loaded, "reconstruct", cfg.split, suffix=f"-seed{cfg.seed}")
     files: list[Path] = []
     summary: dict[str, Any] = {}
     files += _reconstructions(out, loaded, picked, summary)
@@ -125,39 +122,14 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
             assert part is not None
             files += _traverse(out, loaded, picked[role], part, dims, cfg, summary)
     seconds = time.perf_counter() - t0
-    report = {
-        "run": str(loaded.run.path),
-        "model": loaded.kind,
-        "status": loaded.status,
-        "checkpoint": display_path(loaded, loaded.checkpoint_path),
-        "epoch": loaded.epoch,
-        "split": cfg.split,
+    body = {"n": cfg.n, "seed": cfg.seed, "seconds": round(seconds, 3), **summary}
+    entry = {
         "n": cfg.n,
         "seed": cfg.seed,
-        "seconds": round(seconds, 3),
-        **summary,
-        "output_dir": str(out),
-        "files": [display_path(loaded, f) for f in files],
+        "traverse": cfg.traverse,
+        "swap_content_kept": {k: v["content_kept"] for k, v in summary["swaps"].items()},
     }
-    report = finite(report)
-    summary_path = out / "summary.json"
-    write_json(summary_path, report)
-    files.append(summary_path)
-    record(
-        loaded,
-        {
-            "analysis": "reconstruct",
-            "checkpoint": report["checkpoint"],
-            "epoch": loaded.epoch,
-            "split": cfg.split,
-            "n": cfg.n,
-            "seed": cfg.seed,
-            "traverse": cfg.traverse,
-            "swap_content_kept": {k: v["content_kept"] for k, v in summary["swaps"].items()},
-            "output_dir": display_path(loaded, out),
-        },
-        reporter,
-    )
+    report, files = publish(loaded, "reconstruct", cfg.split, out, body, files, entry, reporter)
     return ReconstructResult(report, out, files)
 
 

@@ -22,7 +22,7 @@ from jadecli import __version__
 from jadecli.config import EvaluateConfig as EvalCfg
 from jadecli.config import LatentsConfig as LatCfg
 from jadecli.config import ReconstructConfig as RecCfg
-from jadecli.config import help_for
+from jadecli.config import RunSource, help_for
 from jadecli.errors import JadeError
 
 
@@ -317,6 +317,13 @@ def _parse_fraction(value: str | None) -> float | None:
 
 
 SRC = "Run"
+# Options every analysis command shares (fields of RunSource), declared once.
+FormatOpt = Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)]
+CheckpointOpt = Annotated[Path | None, _a(RunSource, "checkpoint", SRC, metavar="PATH")]
+DataDirOpt = Annotated[str | None, _a(RunSource, "data_dir", SRC, metavar="DIR")]
+DeviceOpt = Annotated[str, _a(RunSource, "device", SRC)]
+BatchSizeOpt = Annotated[int, _a(RunSource, "batch_size", SRC)]
+OutOpt = Annotated[Path | None, _a(RunSource, "out", SRC, metavar="DIR")]
 
 
 def _source(
@@ -347,15 +354,13 @@ def evaluate(
     split: Annotated[str, _a(EvalCfg, "split", metavar="SPLIT")] = "test",
     test_limit: Annotated[int | None, _a(EvalCfg, "test_limit", metavar="N")] = None,
     min_accuracy: Annotated[str | None, _a(EvalCfg, "min_accuracy", metavar="X")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
-        "table"
-    ),
+    fmt: FormatOpt = "table",
     seed: Annotated[int, _a(EvalCfg, "seed")] = 0,
-    checkpoint: Annotated[Path | None, _a(EvalCfg, "checkpoint", SRC, metavar="PATH")] = None,
-    data_dir: Annotated[str | None, _a(EvalCfg, "data_dir", SRC, metavar="DIR")] = None,
-    device: Annotated[str, _a(EvalCfg, "device", SRC)] = "auto",
-    batch_size: Annotated[int, _a(EvalCfg, "batch_size", SRC)] = 100,
-    out: Annotated[Path | None, _a(EvalCfg, "out", SRC, metavar="DIR")] = None,
+    checkpoint: CheckpointOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 100,
+    out: OutOpt = None,
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrices, NLL and (JADE) the test ELBO of a run."""
     from jadecli.analysis.evaluate import evaluate as run_eval
@@ -392,15 +397,13 @@ def inspect_latents(
     probe: Annotated[
         bool, typer.Option("--probe/--no-probe", help=help_for("probe", LatCfg))
     ] = True,
-    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
-        "table"
-    ),
+    fmt: FormatOpt = "table",
     seed: Annotated[int, _a(LatCfg, "seed")] = 0,
-    checkpoint: Annotated[Path | None, _a(LatCfg, "checkpoint", SRC, metavar="PATH")] = None,
-    data_dir: Annotated[str | None, _a(LatCfg, "data_dir", SRC, metavar="DIR")] = None,
-    device: Annotated[str, _a(LatCfg, "device", SRC)] = "auto",
-    batch_size: Annotated[int, _a(LatCfg, "batch_size", SRC)] = 100,
-    out: Annotated[Path | None, _a(LatCfg, "out", SRC, metavar="DIR")] = None,
+    checkpoint: CheckpointOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 100,
+    out: OutOpt = None,
 ) -> None:
     """Variance of each latent dimension within a class vs over all classes (the paper's
     Figure 2, measured), the disentanglement ratio, and held-out probes.
@@ -436,14 +439,12 @@ def reconstruct(
     traverse: Annotated[str | None, _a(RecCfg, "traverse", metavar="DIMS")] = None,
     traverse_range: Annotated[float, _a(RecCfg, "traverse_range", metavar="R")] = 3.0,
     traverse_steps: Annotated[int, _a(RecCfg, "traverse_steps")] = 7,
-    fmt: Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)] = (
-        "table"
-    ),
-    checkpoint: Annotated[Path | None, _a(RecCfg, "checkpoint", SRC, metavar="PATH")] = None,
-    data_dir: Annotated[str | None, _a(RecCfg, "data_dir", SRC, metavar="DIR")] = None,
-    device: Annotated[str, _a(RecCfg, "device", SRC)] = "auto",
-    batch_size: Annotated[int, _a(RecCfg, "batch_size", SRC)] = 100,
-    out: Annotated[Path | None, _a(RecCfg, "out", SRC, metavar="DIR")] = None,
+    fmt: FormatOpt = "table",
+    checkpoint: CheckpointOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 100,
+    out: OutOpt = None,
 ) -> None:
     """Image grids from a JADE run: reconstructions, style/content swaps within and across
     datasets, and (--traverse) one latent dimension varied at a time."""

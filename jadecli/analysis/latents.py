@@ -60,7 +60,6 @@ NORMALISATION = (
     "v[class, dim] = Var over images of that class of the posterior mean of dim / Var over all "
     "images of the split (population variances); 1 = varies as much within a class as overall"
 )
-DATASETS = ("primary", "auxiliary", "both")
 
 
 @dataclass

@@ -43,7 +43,6 @@ from jadecli.model import JADE, ModelSpec
 from jadecli.objective import reconstruction_bce
 from jadecli.progress import Reporter
 
-MAX_N = 32
 SPREAD_IMAGES = 2000  # images used to measure each dimension's spread for --traverse
 
 

@@ -137,6 +137,7 @@ def train(
     grad_clip: Annotated[float | None, _o("grad_clip", OPT)] = None,
     seed: Annotated[int | None, _o("seed", OPT)] = None,
     device: Annotated[str | None, _o("device", RUN)] = None,
+    precision: Annotated[str | None, _o("precision", RUN, metavar="auto|fp32|bf16")] = None,
     eval_every: Annotated[int | None, _o("eval_every", RUN)] = None,
     config: Annotated[
         Path | None,
@@ -217,6 +218,7 @@ def train(
         "grad_clip": grad_clip,
         "seed": seed,
         "device": device,
+        "precision": precision,
         "eval_every": eval_every,
     }
     argv = ctx.meta.get("jade.argv", [])
@@ -322,6 +324,7 @@ FormatOpt = Annotated[str, typer.Option("--format", metavar="table|json|yaml", h
 CheckpointOpt = Annotated[Path | None, _a(RunSource, "checkpoint", SRC, metavar="PATH")]
 DataDirOpt = Annotated[str | None, _a(RunSource, "data_dir", SRC, metavar="DIR")]
 DeviceOpt = Annotated[str, _a(RunSource, "device", SRC)]
+PrecisionOpt = Annotated[str, _a(RunSource, "precision", SRC, metavar="auto|fp32|bf16")]
 BatchSizeOpt = Annotated[int, _a(RunSource, "batch_size", SRC)]
 OutOpt = Annotated[Path | None, _a(RunSource, "out", SRC, metavar="DIR")]
 
@@ -332,6 +335,7 @@ def _source(
     checkpoint: Path | None,
     data_dir: str | None,
     device: str,
+    precision: str,
     batch_size: int,
     out: Path | None,
 ) -> dict[str, Any]:
@@ -341,6 +345,7 @@ def _source(
         "checkpoint": checkpoint,
         "data_dir": data_dir,
         "device": device,
+        "precision": precision,
         "batch_size": batch_size,
         "out": out,
         "command": ctx.meta.get("jade.argv", []),
@@ -359,6 +364,7 @@ def evaluate(
     checkpoint: CheckpointOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 100,
     out: OutOpt = None,
 ) -> None:
@@ -370,7 +376,7 @@ def evaluate(
 
     _check_format(fmt)
     cfg = EvalCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
+        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
         split=split,
         test_limit=test_limit,
         min_accuracy=_parse_fraction(min_accuracy),
@@ -402,6 +408,7 @@ def inspect_latents(
     checkpoint: CheckpointOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 100,
     out: OutOpt = None,
 ) -> None:
@@ -417,7 +424,7 @@ def inspect_latents(
 
     _check_format(fmt)
     cfg = LatCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
+        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
         dataset=dataset,
         split=split,
         test_limit=test_limit,
@@ -443,6 +450,7 @@ def reconstruct(
     checkpoint: CheckpointOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchSizeOpt = 100,
     out: OutOpt = None,
 ) -> None:
@@ -454,7 +462,7 @@ def reconstruct(
 
     _check_format(fmt)
     cfg = RecCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, batch_size, out),
+        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
         n=n,
         seed=seed,
         split=split,

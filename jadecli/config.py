@@ -22,11 +22,14 @@ import yaml
 from jadecli.errors import UsageError
 
 MODELS = ("single", "paired", "jade")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
-RESUME_OVERRIDABLE = frozenset({"epochs", "device", "data_dir", "download", "eval_every"})
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "device", "precision", "data_dir", "download", "eval_every"}
+)
 
 
 class ConfigError(UsageError):
@@ -149,6 +152,12 @@ class TrainConfig:
     )
     seed: int = opt(0, "Seed for the labeled subset, pairing, initialisation and dropout.")
     device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    precision: str = opt(
+        "auto",
+        "Arithmetic of the forward pass: fp32, bf16 (autocast; weights, optimiser and losses "
+        "stay fp32), or auto: bf16 where the device computes it natively (CUDA GPUs with bf16, "
+        "CPUs with AMX), else fp32.",
+    )
     eval_every: int = opt(
         1,
         "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
@@ -221,6 +230,10 @@ class TrainConfig:
             raise ConfigError(
                 "primary_ce_weight",
                 "and --aux-ce-weight are both 0: the classifier would not train",
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                "precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
             )
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
@@ -398,6 +411,11 @@ class RunSource:
         "for folder: datasets, DIR/<folder name> is tried first).",
     )
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    precision: str = opt(
+        "auto",
+        "fp32, bf16, or auto: the precision the run was trained in where this device computes "
+        "it natively, else fp32 (so evaluate repeats the accuracy training recorded).",
+    )
     batch_size: int = opt(
         100,
         "Images per forward pass (speed and memory only; results do not change beyond float "
@@ -413,6 +431,10 @@ class RunSource:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be a positive integer (got {self.batch_size})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                "precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
+            )
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")

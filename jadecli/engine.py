@@ -28,6 +28,17 @@ import torch
 import torch.nn as nn
 
 from jadecli import __version__
+from jadecli.compute import (
+    EVAL_BATCH,
+    autocast,
+    configure_threads,
+    input_batches,
+    make_optimizer,
+    memory_format,
+    place_model,
+    resolve_precision,
+    to_input,
+)
 from jadecli.config import (
     RESUME_OVERRIDABLE,
     TrainConfig,
@@ -51,7 +62,6 @@ from jadecli.progress import Reporter
 from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
 
 CHECKPOINT_FORMAT = 1
-EVAL_BATCH = 1000
 
 
 @dataclass
@@ -209,32 +219,38 @@ def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
 
 @torch.inference_mode()
 def accuracy(
-    model: nn.Module, which: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+    model: nn.Module,
+    which: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    precision: str = "fp32",
 ) -> float:
-    """Accuracy of `model.classify_<which>` (posterior means for JADE), in eval mode."""
+    """Accuracy of `model.classify_<which>` (posterior means for JADE), in eval mode, on the
+    same input path, batch size and precision as `jade evaluate`."""
     was_training = model.training
     model.eval()
     classify = getattr(model, f"classify_{which}")
-    correct = 0
-    for start in range(0, len(images), EVAL_BATCH):
-        x = images[start : start + EVAL_BATCH].to(device).float().div_(255)
-        y = labels[start : start + EVAL_BATCH].to(device)
-        correct += int((classify(x).argmax(1) == y).sum())
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with autocast(device, precision):
+        for start, x in input_batches(images, device, EVAL_BATCH):  # (B, C, H, W)
+            y = labels[start : start + EVAL_BATCH].to(device, non_blocking=True)
+            correct += (classify(x).argmax(1) == y).sum()
     model.train(was_training)
-    return correct / max(len(images), 1)
+    return int(correct) / max(len(images), 1)
 
 
 def evaluate_test(
-    model: nn.Module, data: TrainData, device: torch.device
+    model: nn.Module, data: TrainData, device: torch.device, precision: str
 ) -> dict[str, float | None]:
     test = data.primary.test
     out: dict[str, float | None] = {
-        "test_acc_primary": accuracy(model, "primary", test.images, test.labels, device),
+        "test_acc_primary": accuracy(model, "primary", test.images, test.labels, device, precision),
         "test_acc_aux": None,
     }
     if data.auxiliary is not None:
         at = data.auxiliary.test
-        out["test_acc_aux"] = accuracy(model, "aux", at.images, at.labels, device)
+        out["test_acc_aux"] = accuracy(model, "aux", at.images, at.labels, device, precision)
     return out
 
 
@@ -262,15 +278,22 @@ class Diverged(Exception):
         super().__init__(what)
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device) if device.type != "cpu" else images
+def _resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The training images, normalised to float [0, 1] once, on the device, in the model's
+    layout (converted in chunks to bound the temporary memory): every step is then a single
+    index lookup, with nothing decoded, converted or copied to the device per step."""
+    chunks = [to_input(images[i : i + 4096], device) for i in range(0, len(images), 4096)]
+    out = torch.cat(chunks) if chunks else to_input(images, device)
+    return out.contiguous(memory_format=memory_format(device))
 
 
 class Trainer:
     """One training session of a run (a fresh run, or a resumed one)."""
 
-    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(
+        self, cfg: TrainConfig, data: TrainData, device: torch.device, precision: str = "fp32"
+    ):
+        self.cfg, self.data, self.device, self.precision = cfg, data, device, precision
         p = data.primary
         self.spec = ModelSpec(
             kind=cfg.model,
@@ -283,9 +306,9 @@ class Trainer:
             dropout=cfg.dropout,
         )
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        self.model = build_model(self.spec).to(device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999)
+        self.model = place_model(build_model(self.spec), device)
+        self.optimizer = make_optimizer(
+            list(self.model.parameters()), device, cfg.lr, cfg.adam_beta1
         )
         self.weights = LossWeights(
             cfg.recon_weight,
@@ -295,12 +318,12 @@ class Trainer:
             cfg.primary_ce_weight,
         )
         self.terms = TERMS[cfg.model]
-        # Decoded uint8 images live on the training device once; batches are index lookups.
-        self.lab_x = _to_device(data.labeled.images, device)
-        self.lab_y = _to_device(data.labeled.labels, device)
+        # Normalised float images live on the training device once; batches are index lookups.
+        self.lab_x = _resident(data.labeled.images, device)  # (N_p, C, H, W) float, NHWC
+        self.lab_y = data.labeled.labels.to(device)
         if data.aux_train is not None:
-            self.aux_x = _to_device(data.aux_train.images, device)
-            self.aux_y = _to_device(data.aux_train.labels, device)
+            self.aux_x = _resident(data.aux_train.images, device)  # (N_a, C, H, W)
+            self.aux_y = data.aux_train.labels.to(device)
             n = len(data.aux_train)
             self.epoch_size = n if cfg.epoch_size == "all" else int(cfg.epoch_size)
             self.sampler: PairSampler | IndexStream = PairSampler(
@@ -349,28 +372,32 @@ class Trainer:
         self, idx: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted loss, its unweighted terms, and the number of correct predictions."""
-        kind, dev = self.cfg.model, self.device
+        kind = self.cfg.model
+        # Forward in the run's precision (bf16 autocast: convs and matmuls only); every loss
+        # term is computed from fp32 casts of the outputs.
+        cast = autocast(self.device, self.precision)
         if kind == "single":
             (pi,) = idx
-            xp = self.lab_x[pi].to(dev, non_blocking=True).float().div_(255)  # (B, C, H, W)
-            y = self.lab_y[pi].to(dev, non_blocking=True)
-            logits_p = self.model.classify_primary(xp)
+            xp, y = self.lab_x[pi], self.lab_y[pi]  # (B, C, H, W) float, (B,)
+            with cast:
+                logits_p = self.model.classify_primary(xp).float()
             terms = {"ce_primary": nn.functional.cross_entropy(logits_p, y)}
             return weighted_total(terms, self.weights), terms, (logits_p.argmax(1) == y).sum(), None
         ai, pi = idx
-        xa = self.aux_x[ai].to(dev, non_blocking=True).float().div_(255)
-        xp = self.lab_x[pi].to(dev, non_blocking=True).float().div_(255)
-        y = self.lab_y[pi].to(dev, non_blocking=True)  # == the auxiliary labels: same-class pairs
+        xa, xp = self.aux_x[ai], self.lab_x[pi]
+        y = self.lab_y[pi]  # == the auxiliary labels: same-class pairs
         if kind == "paired":
-            logits_a = self.model.classify_aux(xa)
-            logits_p = self.model.classify_primary(xp)
+            with cast:
+                logits_a = self.model.classify_aux(xa).float()
+                logits_p = self.model.classify_primary(xp).float()
             terms = {
                 "ce_aux": nn.functional.cross_entropy(logits_a, y),
                 "ce_primary": nn.functional.cross_entropy(logits_p, y),
             }
         else:
             assert isinstance(self.model, JADE)
-            out = self.model(xa, xp)
+            with cast:
+                out = self.model(xa, xp)
             terms = jade_terms(out, xa, xp, y)
             logits_a, logits_p = out.logits_aux, out.logits_primary
         total = weighted_total(terms, self.weights)
@@ -494,6 +521,8 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
     if not options.resume:
         check_new_run_target(out, options.overwrite)  # fail before the slow part
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, reporter.warn)
+    configure_threads()
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))
     resume_state: dict[str, Any] | None = None
@@ -527,7 +556,7 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
             )
 
     data = load_data(cfg, reporter)
-    trainer = Trainer(cfg, data, device)
+    trainer = Trainer(cfg, data, device, precision)
     columns = metric_columns(cfg.model)
     start_epoch = 0
     rows: list[dict[str, Any]] = []
@@ -539,6 +568,8 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
         manifest["status"] = "running"
         manifest["config"] = cfg.to_dict()
         manifest["device"] = str(device)
+        manifest["precision"] = precision
+        manifest["threads"] = torch.get_num_threads()
         manifest["ended_at"] = None
         manifest["error"] = None
         manifest.setdefault("events", []).append(
@@ -560,8 +591,9 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
         except BaseException:
             run.discard()  # nothing was trained yet: leave no half-made run behind
             raise
-    if cfg.device == "auto":
-        reporter.info(f"device: {device}")
+    if cfg.device == "auto" or cfg.precision == "auto":
+        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        reporter.info(f"device: {device}, precision {precision}{threads}")
 
     t_start = time.perf_counter()
     epoch = start_epoch
@@ -570,7 +602,7 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
             row = trainer.run_epoch(epoch, reporter)
             last = epoch == cfg.epochs - 1
             if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-                row.update(evaluate_test(trainer.model, data, device))
+                row.update(evaluate_test(trainer.model, data, device, precision))
             # checkpoint first, then the metrics and manifest that point at it
             run.save_checkpoint(trainer.state(epoch + 1))
             rows.append(row)
@@ -661,6 +693,7 @@ def _new_manifest(
         "ended_at": None,
         "seed": cfg.seed,
         "device": str(device),
+        "precision": trainer.precision,
         "threads": torch.get_num_threads(),
         "versions": _versions(),
         "config": cfg.to_dict(),

@@ -121,6 +121,12 @@ class Posterior:
     mu_c: torch.Tensor  # (B, content_dim)
     logvar_c: torch.Tensor
 
+    def float(self) -> Posterior:
+        """The same posterior in fp32 (a no-op for fp32 tensors; bf16 forward passes)."""
+        return Posterior(
+            self.mu_s.float(), self.logvar_s.float(), self.mu_c.float(), self.logvar_c.float()
+        )
+
 
 class VAEEncoder(nn.Module):
     """CNN features -> two Gaussian heads (style, content), each a mean and a log-variance."""

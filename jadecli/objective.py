@@ -82,17 +82,18 @@ def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def jade_terms(
     out: JADEOutput, x_aux: torch.Tensor, x_primary: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Unweighted batch means of every JADE loss term (keys as in TERMS["jade"])."""
-    qa, qp = out.q_aux, out.q_primary
+    """Unweighted batch means of every JADE loss term (keys as in TERMS["jade"]), in fp32
+    whatever precision the forward pass ran in."""
+    qa, qp = out.q_aux.float(), out.q_primary.float()
     return {
-        "recon_aux": reconstruction_bce(out.recon_aux, x_aux).mean(),
-        "recon_primary": reconstruction_bce(out.recon_primary, x_primary).mean(),
+        "recon_aux": reconstruction_bce(out.recon_aux.float(), x_aux).mean(),
+        "recon_primary": reconstruction_bce(out.recon_primary.float(), x_primary).mean(),
         "kl_style_aux": kl_standard_normal(qa.mu_s, qa.logvar_s).mean(),
         "kl_content_aux": kl_standard_normal(qa.mu_c, qa.logvar_c).mean(),
         "kl_style_primary": kl_standard_normal(qp.mu_s, qp.logvar_s).mean(),
         "kl_match": kl_normal(qp.mu_c, qp.logvar_c, qa.mu_c, qa.logvar_c).mean(),
-        "ce_aux": F.cross_entropy(out.logits_aux, y),
-        "ce_primary": F.cross_entropy(out.logits_primary, y),
+        "ce_aux": F.cross_entropy(out.logits_aux.float(), y),
+        "ce_primary": F.cross_entropy(out.logits_primary.float(), y),
     }
 
 

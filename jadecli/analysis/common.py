@@ -11,6 +11,7 @@ PlainReporter()); print(r.spec, r.epoch)"
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from jadecli.compute import autocast, native_bf16, place_model, resolve_precision, to_input
 from jadecli.config import RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
 from jadecli.data.registry import align_classes, load_dataset
@@ -56,6 +58,11 @@ class LoadedRun:
     datasets: dict[str, Dataset]  # "primary" and, for paired/JADE runs, "auxiliary"
     labeled_index: torch.Tensor  # the labeled subset, indices into the primary training split
     aux_used_index: torch.Tensor | None  # auxiliary training images used (None = all)
+    precision: str = "fp32"  # fp32 | bf16, resolved for this device
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The run's forward-pass precision (bf16 autocast, or nothing for fp32)."""
+        return autocast(self.device, self.precision)
 
     @property
     def kind(self) -> str:
@@ -158,8 +165,8 @@ def open_run(
             f"checkpoint {ckpt_path} does not match the model it describes ({first})"
         ) from None
     device = resolve_device(source.device)
-    # channels-last lets oneDNN/cuDNN pick faster convolutions (2-4x on this project's CPU)
-    model.to(device=device, memory_format=torch.channels_last).eval()
+    precision = _precision(source.precision, manifest, device, reporter)
+    place_model(model, device).eval()  # channels-last: 2-4x faster convolutions on CPU
 
     datasets = _load_datasets(cfg, manifest, source, reporter)
     _check_datasets(datasets, state, spec, manifest, ckpt_path, reporter)
@@ -182,7 +189,19 @@ def open_run(
         datasets=datasets,
         labeled_index=labeled,
         aux_used_index=aux_used,
+        precision=precision,
     )
+
+
+def _precision(
+    requested: str, manifest: dict[str, Any], device: torch.device, reporter: Reporter
+) -> str:
+    """`auto`: the precision the run trained in where this device runs it natively, so that
+    evaluate repeats training's accuracy; fp32 otherwise (and for runs that predate it)."""
+    if requested != "auto":
+        return resolve_precision(requested, device, reporter.warn)
+    trained = manifest.get("precision")
+    return "bf16" if trained == "bf16" and native_bf16(device) else "fp32"
 
 
 def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, ModelSpec]:
@@ -342,12 +361,6 @@ def _labeled_index(
 # --------------------------------------------------------------------------- encoding
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [0, 1] on the device, channels-last like the model."""
-    x = images.to(device).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 @torch.inference_mode()
 def encode(
     loaded: LoadedRun, role: str, images: torch.Tensor, batch_size: int | None = None
@@ -359,16 +372,20 @@ def encode(
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch):
         x = to_input(images[start : start + batch], device)  # (B, C, H, W)
-        if isinstance(model, JADE):
-            enc = model.primary_encoder if role == "primary" else model.aux_encoder
-            q = enc(x)
-            out = {"mu_c": q.mu_c, "logvar_c": q.logvar_c, "mu_s": q.mu_s, "logvar_s": q.logvar_s}
-        else:
-            feats = model.primary_features(x) if role == "primary" else model.aux_features(x)
-            out = {"features": feats}
+        with loaded.autocast():
+            out = _codes(model, role, x)
         for k, v in out.items():
             parts.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _codes(model: nn.Module, role: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(model, JADE):
+        enc = model.primary_encoder if role == "primary" else model.aux_encoder
+        q = enc(x)
+        return {"mu_c": q.mu_c, "logvar_c": q.logvar_c, "mu_s": q.mu_s, "logvar_s": q.logvar_s}
+    features = getattr(model, "primary_features" if role == "primary" else "aux_features")
+    return {"features": features(x)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -421,6 +438,7 @@ def publish(
             "epoch": loaded.epoch,
             "split": split,
             "device": str(loaded.device),
+            "precision": loaded.precision,
             **body,
             "output_dir": str(out),
             "files": [display_path(loaded, f) for f in files],

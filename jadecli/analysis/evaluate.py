@@ -33,9 +33,9 @@ from jadecli.analysis.common import (
     open_run,
     output_dir,
     publish,
-    to_input,
     write_csv,
 )
+from jadecli.compute import to_input
 from jadecli.config import ConfigError, EvaluateConfig
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
@@ -119,8 +119,9 @@ def _evaluate_part(
         if isinstance(model, JADE):
             enc = model.primary_encoder if role == "primary" else model.aux_encoder
             dec = model.primary_decoder if role == "primary" else model.aux_decoder
-            q = enc(x)
-            logits = model.classifier(q.mu_c)  # prediction from the posterior mean
+            with loaded.autocast():  # the run's precision; the ELBO terms are fp32
+                q = enc(x).float()
+                logits = model.classifier(q.mu_c)  # prediction from the posterior mean
             z_s = (
                 q.mu_s
                 + torch.randn(q.mu_s.shape, generator=gen, device=device) * (0.5 * q.logvar_s).exp()
@@ -129,7 +130,9 @@ def _evaluate_part(
                 q.mu_c
                 + torch.randn(q.mu_c.shape, generator=gen, device=device) * (0.5 * q.logvar_c).exp()
             )
-            recon = reconstruction_bce(dec(torch.cat([z_s, z_c], 1)), x)  # (B,)
+            with loaded.autocast():
+                recon_logits = dec(torch.cat([z_s, z_c], 1)).float()  # (B, C, H, W)
+            recon = reconstruction_bce(recon_logits, x)  # (B,)
             terms = torch.stack(
                 [
                     recon.sum(),
@@ -142,7 +145,8 @@ def _evaluate_part(
             logvar_c.append(q.logvar_c.float().cpu())
         else:
             classify = getattr(model, f"classify_{'primary' if role == 'primary' else 'aux'}")
-            logits = classify(x)
+            with loaded.autocast():
+                logits = classify(x)
         nll += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
         preds.append(logits.argmax(1).cpu())
     n = len(part)

@@ -33,9 +33,9 @@ from jadecli.analysis.common import (
     open_run,
     output_dir,
     publish,
-    to_input,
     write_csv,
 )
+from jadecli.compute import to_input
 from jadecli.config import ConfigError, ReconstructConfig
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
@@ -113,13 +113,14 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
     out = output_dir(loaded, "reconstruct", cfg.split, suffix=f"-seed{cfg.seed}")
     files: list[Path] = []
     summary: dict[str, Any] = {}
-    files += _reconstructions(out, loaded, picked, summary)
-    files += _swaps(out, loaded, picked, summary)
-    if dims:
-        for role in ("primary", "auxiliary"):
-            part = loaded.images(role, cfg.split, SPREAD_IMAGES)
-            assert part is not None
-            files += _traverse(out, loaded, picked[role], part, dims, cfg, summary)
+    with loaded.autocast():  # the run's precision for every forward pass; outputs are fp32
+        files += _reconstructions(out, loaded, picked, summary)
+        files += _swaps(out, loaded, picked, summary)
+        if dims:
+            for role in ("primary", "auxiliary"):
+                part = loaded.images(role, cfg.split, SPREAD_IMAGES)
+                assert part is not None
+                files += _traverse(out, loaded, picked[role], part, dims, cfg, summary)
     seconds = time.perf_counter() - t0
     body = {"n": cfg.n, "seed": cfg.seed, "seconds": round(seconds, 3), **summary}
     entry = {
@@ -142,7 +143,7 @@ def _encoder(model: JADE, role: str) -> Any:
 @torch.inference_mode()
 def _decode(model: JADE, role: str, z_s: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
     dec = model.primary_decoder if role == "primary" else model.aux_decoder
-    return torch.sigmoid(dec(torch.cat([z_s, z_c], 1)))  # (B, C, H, W) in [0, 1]
+    return torch.sigmoid(dec(torch.cat([z_s, z_c], 1)).float())  # (B, C, H, W) in [0, 1]
 
 
 @torch.inference_mode()
@@ -170,7 +171,8 @@ def _pick(loaded: LoadedRun, role: str, part: ImageSet, n: int, seed: int) -> Pi
     index = torch.tensor(chosen, dtype=torch.long)
     sub = part.subset(index)
     x = to_input(sub.images, loaded.device)
-    q = _encoder(loaded.model, role)(x)  # type: ignore[arg-type]
+    with loaded.autocast():
+        q = _encoder(loaded.model, role)(x).float()  # type: ignore[arg-type]
     return Picked(role, sub, index, x, q.mu_s, q.mu_c)
 
 
@@ -373,7 +375,7 @@ def _traverse(
     mus_s, mus_c = [], []
     for start in range(0, len(spread_part), loaded.source.batch_size):
         x = spread_part.images[start : start + loaded.source.batch_size]
-        q = enc(to_input(x, loaded.device))
+        q = enc(to_input(x, loaded.device)).float()
         mus_s.append(q.mu_s)
         mus_c.append(q.mu_c)
     std = {"style": torch.cat(mus_s).std(0), "content": torch.cat(mus_c).std(0)}

@@ -154,9 +154,9 @@ class TrainConfig:
     device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     precision: str = opt(
         "auto",
-        "Arithmetic of the forward pass: fp32, bf16 (autocast; weights, optimiser and losses "
-        "stay fp32), or auto: bf16 where the device computes it natively (CUDA GPUs with bf16, "
-        "CPUs with AMX), else fp32.",
+        "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
+        "stay fp32; 2x faster on CPUs with AMX but it cost accuracy with the default loss "
+        "weights); or auto (currently fp32).",
     )
     eval_every: int = opt(
         1,

@@ -282,9 +282,12 @@ def _resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The training images, normalised to float [0, 1] once, on the device, in the model's
     layout (converted in chunks to bound the temporary memory): every step is then a single
     index lookup, with nothing decoded, converted or copied to the device per step."""
-    chunks = [to_input(images[i : i + 4096], device) for i in range(0, len(images), 4096)]
-    out = torch.cat(chunks) if chunks else to_input(images, device)
-    return out.contiguous(memory_format=memory_format(device))
+    out = torch.empty(
+        images.shape, dtype=torch.float32, device=device, memory_format=memory_format(device)
+    )  # (N, C, H, W)
+    for i in range(0, len(images), 4096):
+        out[i : i + 4096] = to_input(images[i : i + 4096], device)
+    return out
 
 
 class Trainer:

@@ -27,6 +27,8 @@ def manifest(run: Path) -> dict:
 
 def test_precision_resolution(monkeypatch):
     assert compute.resolve_precision("fp32", CPU) == "fp32"
+    assert compute.resolve_precision("auto", CPU) == "fp32"  # AUTO_BF16 is off
+    monkeypatch.setattr(compute, "AUTO_BF16", True)
     expected = "bf16" if compute.native_bf16(CPU) else "fp32"
     assert compute.resolve_precision("auto", CPU) == expected
     monkeypatch.setattr(compute, "native_bf16", lambda device: False)
@@ -87,7 +89,7 @@ def test_bf16_step_matches_fp32(synth_dir, model):
 
 
 def test_precision_is_recorded_and_evaluate_repeats_training(runner, synth_dir, tmp_path):
-    for precision in ("fp32", "auto"):
+    for precision in ("fp32", "auto", "bf16"):
         out = tmp_path / precision
         args = tiny_synth_args(synth_dir, out, extra=("--precision", precision))
         result = runner.invoke(app, args)
@@ -124,7 +126,7 @@ def test_cuda_training_and_evaluation(runner, synth_dir, tmp_path):
     assert result.exit_code == 0, result.output
     m = manifest(out)
     assert m["device"].startswith("cuda") and m["status"] == "completed"
-    assert m["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert m["precision"] == "fp32"
     result = runner.invoke(app, ["evaluate", str(out), "--device", "cuda", "--format", "json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -231,10 +231,7 @@ class TrainConfig:
                 "primary_ce_weight",
                 "and --aux-ce-weight are both 0: the classifier would not train",
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                "precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
-            )
+        _check_precision(self.precision)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")
@@ -249,6 +246,12 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+def _check_precision(value: str) -> None:
+    """`--precision` of `jade train` and of the analysis commands."""
+    if value not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)} (got {value!r})")
 
 
 def _is_cuda_index(dev: str) -> bool:
@@ -431,10 +434,7 @@ class RunSource:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be a positive integer (got {self.batch_size})")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                "precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
-            )
+        _check_precision(self.precision)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
             raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")

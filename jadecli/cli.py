@@ -87,7 +87,14 @@ def _root(
     """Train and analyse JADE models."""
 
 
-DATA, MODEL, OBJ, OPT, RUN = "Data", "Model", "Objective", "Optimisation", "Run"
+DATA, MODEL, AUG, OBJ, OPT, RUN = (
+    "Data",
+    "Model",
+    "Augmentation",
+    "Objective",
+    "Optimisation",
+    "Run",
+)
 
 
 def _o(name: str, panel: str, **kw: Any) -> Any:
@@ -116,11 +123,20 @@ def train(
     download: Annotated[bool | None, _o("download", DATA)] = None,
     primary_size: Annotated[int | None, _o("primary_size", DATA, metavar="SIZE")] = None,
     auxiliary_size: Annotated[int | None, _o("auxiliary_size", DATA, metavar="SIZE")] = None,
+    primary_pad: Annotated[int | None, _o("primary_pad", DATA, metavar="P")] = None,
+    auxiliary_pad: Annotated[int | None, _o("auxiliary_pad", DATA, metavar="P")] = None,
     model: Annotated[str | None, _o("model", MODEL, metavar="single|paired|jade")] = None,
+    arch: Annotated[str | None, _o("arch", MODEL, metavar="shared|paper")] = None,
     content_dim: Annotated[int | None, _o("content_dim", MODEL)] = None,
     style_dim: Annotated[int | None, _o("style_dim", MODEL)] = None,
     hidden_dim: Annotated[int | None, _o("hidden_dim", MODEL)] = None,
     dropout: Annotated[float | None, _o("dropout", MODEL)] = None,
+    augment: Annotated[str | None, _o("augment", AUG, metavar="none|primary|all")] = None,
+    aug_shift: Annotated[float | None, _o("aug_shift", AUG)] = None,
+    aug_rotate: Annotated[float | None, _o("aug_rotate", AUG)] = None,
+    aug_scale: Annotated[float | None, _o("aug_scale", AUG)] = None,
+    aug_color: Annotated[float | None, _o("aug_color", AUG)] = None,
+    loss_scale: Annotated[str | None, _o("loss_scale", OBJ, metavar="per-pixel|sum")] = None,
     recon_weight: Annotated[float | None, _o("recon_weight", OBJ)] = None,
     kl_weight: Annotated[float | None, _o("kl_weight", OBJ)] = None,
     match_weight: Annotated[float | None, _o("match_weight", OBJ)] = None,
@@ -139,6 +155,17 @@ def train(
     device: Annotated[str | None, _o("device", RUN)] = None,
     precision: Annotated[str | None, _o("precision", RUN, metavar="auto|fp32|bf16")] = None,
     eval_every: Annotated[int | None, _o("eval_every", RUN)] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="paper",
+            rich_help_panel=RUN,
+            help="Start from a named set of defaults: 'paper' is the 2017 recipe of reference.md "
+            "(paper CNNs, no augmentation, summed ELBO, CE weights 1e4/1e5 for jade and 10/100 "
+            "for paired and single, Adam beta_1 0.1, lr x0.3/x0.1 steps, 300 epochs of the whole "
+            "auxiliary set, dropout 0.5). Precedence: defaults < preset < --config < flags.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -199,11 +226,20 @@ def train(
         "download": download,
         "primary_size": primary_size,
         "auxiliary_size": auxiliary_size,
+        "primary_pad": primary_pad,
+        "auxiliary_pad": auxiliary_pad,
         "model": model,
+        "arch": arch,
         "content_dim": content_dim,
         "style_dim": style_dim,
         "hidden_dim": hidden_dim,
         "dropout": dropout,
+        "augment": augment,
+        "aug_shift": aug_shift,
+        "aug_rotate": aug_rotate,
+        "aug_scale": aug_scale,
+        "aug_color": aug_color,
+        "loss_scale": loss_scale,
         "recon_weight": recon_weight,
         "kl_weight": kl_weight,
         "match_weight": match_weight,
@@ -225,7 +261,7 @@ def train(
     if resume and out is None:
         raise UsageError("--resume needs --out: the run folder to continue")
     options = RunOptions(out=out or Path("."), resume=resume, overwrite=overwrite, command=argv)
-    cfg = resolve_config(flags, config, options)
+    cfg = resolve_config(flags, config, options, preset)
     if out is None:
         options.out = _default_out(cfg.primary, cfg.auxiliary, cfg.model)
     reporter = make_reporter(progress)

@@ -25,6 +25,9 @@ MODELS = ("single", "paired", "jade")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
+ARCHES = ("paper", "shared")  # model.ARCHES (config stays torch-free)
+AUGMENTS = ("none", "primary", "all")
+LOSS_SCALES = ("per-pixel", "sum")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(
@@ -99,7 +102,24 @@ class TrainConfig:
     auxiliary_size: int | None = opt(
         None, "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size."
     )
+    primary_pad: int = opt(
+        0,
+        "Add P black pixels on every side of each primary image, after resizing: lets digits "
+        "sit where the auxiliary's do (USPS fills its frame, MNIST keeps a 4-pixel margin: "
+        "--primary-size 20 --primary-pad 4).",
+    )
+    auxiliary_pad: int = opt(
+        0,
+        "The same for auxiliary images (MNIST into MNIST-M's 32x32 frame: --auxiliary-pad 2).",
+    )
     # --- model ---
+    arch: str = opt(
+        "shared",
+        "Encoders. shared: one conv trunk (32-64-128 filters, BatchNorm kept per dataset) for "
+        "both datasets, so the auxiliary set trains the convolutions the primary uses; the "
+        "primary is resized to the auxiliary's size. paper: the paper's two separate CNNs "
+        "(reference.md).",
+    )
     model: str = opt(
         "jade",
         "single: primary CNN + classifier. paired: a CNN per dataset, one shared classifier. "
@@ -117,20 +137,38 @@ class TrainConfig:
         "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
         "learning a lot in short schedules).",
     )
+    # --- augmentation (training batches only) ---
+    augment: str = opt(
+        "all",
+        "Which training images get random shifts, rotations, zooms (and colour jitter for "
+        "colour images): none, primary (the labeled set) or all.",
+    )
+    aug_shift: float = opt(0.1, "Largest random shift, as a fraction of the image side.")
+    aug_rotate: float = opt(10.0, "Largest random rotation, in degrees.")
+    aug_scale: float = opt(0.1, "Largest random zoom in or out (0.1: 90% to 110%).")
+    aug_color: float = opt(
+        0.3,
+        "Colour jitter strength for 3-channel images (saturation, per-channel gain, contrast; "
+        "half the images also get their channels permuted); 0 disables it.",
+    )
     # --- objective (reference.md, equation 2) ---
+    loss_scale: str = opt(
+        "per-pixel",
+        "per-pixel: divide each dataset's ELBO terms (reconstruction, KL, matching) by its number "
+        "of pixel values, so the weights below mean the same for 16x16 grey and 32x32 colour "
+        "images; sum: nats summed over pixels, as in the paper (whose CE weights were 1e4/1e5).",
+    )
     recon_weight: float = opt(
         1.0, "Weight of each image's reconstruction cross-entropy (summed over pixels)."
     )
     kl_weight: float = opt(1.0, "Weight of the KL terms to the N(0, I) prior (style; aux content).")
     match_weight: float = opt(
-        1.0, "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching."
+        100.0,
+        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching "
+        "(with --loss-scale per-pixel it is divided by the primary's pixel values too).",
     )
-    aux_ce_weight: float = opt(
-        1e4, "Weight of the auxiliary classification cross-entropy (as in the paper)."
-    )
-    primary_ce_weight: float = opt(
-        1e5, "Weight of the primary classification cross-entropy (as in the paper)."
-    )
+    aux_ce_weight: float = opt(1.0, "Weight of the auxiliary classification cross-entropy.")
+    primary_ce_weight: float = opt(1.0, "Weight of the primary classification cross-entropy.")
     # --- optimisation ---
     epochs: int = opt(10, "Training epochs.")
     epoch_size: int | str = opt(
@@ -155,8 +193,8 @@ class TrainConfig:
     precision: str = opt(
         "auto",
         "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
-        "stay fp32; 2x faster on CPUs with AMX but it cost accuracy with the default loss "
-        "weights); or auto (currently fp32).",
+        "stay fp32; 2-3x faster on CPUs with AMX and on CUDA); or auto (bf16 where the device "
+        "computes it natively, else fp32).",
     )
     eval_every: int = opt(
         1,
@@ -192,6 +230,26 @@ class TrainConfig:
                 "labeled_selection",
                 f"must be one of {', '.join(LABELED_SELECTIONS)} (got {self.labeled_selection!r})",
             )
+        for name, allowed in (
+            ("arch", ARCHES),
+            ("augment", AUGMENTS),
+            ("loss_scale", LOSS_SCALES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
+        for name in ("aug_shift", "aug_scale", "aug_color"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 0.5):
+                raise ConfigError(name, f"must be between 0 and 0.5 (got {value})")
+        if not (math.isfinite(self.aug_rotate) and 0 <= self.aug_rotate <= 180):
+            raise ConfigError(
+                "aug_rotate", f"must be between 0 and 180 degrees (got {self.aug_rotate})"
+            )
+        for name in ("primary_pad", "auxiliary_pad"):
+            value = getattr(self, name)
+            if not 0 <= value <= 64:
+                raise ConfigError(name, f"must be between 0 and 64 pixels (got {value})")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 "lr_schedule",
@@ -245,7 +303,7 @@ class TrainConfig:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**{**LEGACY_DEFAULTS, **data})
 
 
 def _check_precision(value: str) -> None:
@@ -365,17 +423,73 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
     return out
 
 
+# --preset paper: the 2017 recipe of reference.md ("Original hyper-parameters"), per model.
+_PAPER_COMMON: dict[str, Any] = {
+    "arch": "paper",
+    "augment": "none",
+    "loss_scale": "sum",
+    "content_dim": 10,
+    "style_dim": 10,
+    "hidden_dim": 500,
+    "dropout": 0.5,
+    "recon_weight": 1.0,  # BCE summed over pixels: "x784 (MNIST), x3072 (SVHN)" of a mean
+    "kl_weight": 1.0,
+    "match_weight": 1.0,
+    "epochs": 300,
+    "epoch_size": "all",
+    "batch_size": 100,
+    "lr_schedule": "step",  # x1 / x0.3 / x0.1 over thirds of training
+    "adam_beta1": 0.1,  # sic
+    "grad_clip": 0.0,  # the paper did not clip
+}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "single": {**_PAPER_COMMON, "lr": 1e-4, "aux_ce_weight": 10.0, "primary_ce_weight": 100.0},
+        "paired": {**_PAPER_COMMON, "lr": 1e-3, "aux_ce_weight": 10.0, "primary_ce_weight": 100.0},
+        "jade": {**_PAPER_COMMON, "lr": 1e-3, "aux_ce_weight": 1e4, "primary_ce_weight": 1e5},
+    }
+}
+
+# Keys a run saved before they existed gets on reload: what that version always did.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "arch": "paper",
+    "augment": "none",
+    "aug_shift": 0.0,
+    "aug_rotate": 0.0,
+    "aug_scale": 0.0,
+    "aug_color": 0.0,
+    "loss_scale": "sum",
+}
+
+
+def preset_values(name: str, model: str) -> dict[str, Any]:
+    """The config values of `--preset NAME` for `--model MODEL`."""
+    if name not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)} (got {name!r})")
+    table = PRESETS[name]
+    if model not in table:
+        raise ConfigError("model", f"must be one of {', '.join(MODELS)} (got {model!r})")
+    return dict(table[model])
+
+
 def resolve_train_config(
-    flags: dict[str, Any], config_file: Path | None = None, base: dict[str, Any] | None = None
+    flags: dict[str, Any],
+    config_file: Path | None = None,
+    base: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> TrainConfig:
-    """Merge code defaults < `base` (a saved config) < YAML file < flags into a TrainConfig.
+    """Merge code defaults < `base` (a saved config) < preset < YAML file < flags into a
+    TrainConfig.
 
     `flags` holds only the options the user gave (None means "not given").
     """
     merged: dict[str, Any] = dict(base or {})
     from_file = load_yaml_config(config_file) if config_file is not None else {}
-    merged.update(from_file)
     given = {k: v for k, v in flags.items() if v is not None}
+    if preset is not None:
+        model = given.get("model", from_file.get("model", merged.get("model", "jade")))
+        merged.update(preset_values(preset, str(model)))
+    merged.update(from_file)
     merged.update(given)
     try:
         return TrainConfig(**merged)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from jadecli import __version__
+from jadecli.augment import Augment, augment
 from jadecli.compute import (
     EVAL_BATCH,
     autocast,
@@ -94,12 +95,16 @@ def now() -> str:
 
 
 def resolve_config(
-    flags: dict[str, Any], config_file: Path | None, options: RunOptions
+    flags: dict[str, Any], config_file: Path | None, options: RunOptions, preset: str | None = None
 ) -> TrainConfig:
-    """The run's config: defaults < YAML < flags; for --resume, the saved config plus the few
-    fields a resumed run may change (and an error for any other value that differs)."""
+    """The run's config: defaults < preset < YAML < flags; for --resume, the saved config plus
+    the few fields a resumed run may change (and an error for any other value that differs)."""
     if not options.resume:
-        return resolve_train_config(flags, config_file)
+        return resolve_train_config(flags, config_file, preset=preset)
+    if preset is not None:
+        raise UsageError(
+            f"--preset {preset} applies to new runs; a resumed run keeps its saved config"
+        )
     if options.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one of them")
     run = RunDir.open(options.out, flag="--out")
@@ -109,7 +114,8 @@ def resolve_config(
     requested = dict(load_yaml_config(config_file)) if config_file is not None else {}
     requested.update({k: v for k, v in flags.items() if v is not None})
     saved_cfg = TrainConfig.from_dict(saved)
-    probe = TrainConfig(**{**saved, **requested})  # validates and normalises the request
+    # validates and normalises the request
+    probe = TrainConfig(**{**saved_cfg.to_dict(), **requested})
     for name in requested:
         if name in RESUME_OVERRIDABLE:
             continue
@@ -169,16 +175,13 @@ class TrainData:
     labeled_index: torch.Tensor  # indices into primary.train
     labeled: ImageSet
     aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
+    primary_size: int | None = None  # the --primary-size used (--arch shared may choose it)
 
 
 def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
     """Load, align and subset the datasets; `cfg.data_dir` is already resolved by `train`."""
     assert cfg.data_dir is not None
     data_dir = Path(cfg.data_dir).expanduser()
-    reporter.info(f"loading {cfg.primary} (primary)")
-    primary = load_dataset(
-        cfg.primary, data_dir, cfg.download, cfg.primary_size, reporter.warn, "--primary"
-    )
     auxiliary = None
     if cfg.model == "single":
         if cfg.auxiliary:
@@ -193,8 +196,29 @@ def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
             cfg.auxiliary_size,
             reporter.warn,
             "--auxiliary",
-        )
+        ).padded(cfg.auxiliary_pad)
+    primary_size = cfg.primary_size
+    if cfg.arch == "shared" and auxiliary is not None and primary_size is None:
+        _, h, w = auxiliary.image_shape  # one trunk: the primary takes the auxiliary's size
+        primary_size = h - 2 * cfg.primary_pad
+        if h != w or primary_size < 1:
+            raise UsageError(
+                f"--arch shared needs both datasets at one square size, but --auxiliary "
+                f"{cfg.auxiliary} is {h}x{w} (--primary-pad {cfg.primary_pad}); pass "
+                "--primary-size and --auxiliary-size"
+            )
+    reporter.info(f"loading {cfg.primary} (primary)")
+    primary = load_dataset(
+        cfg.primary, data_dir, cfg.download, primary_size, reporter.warn, "--primary"
+    ).padded(cfg.primary_pad)
+    if auxiliary is not None:
         align_classes(primary, auxiliary)
+        if cfg.arch == "shared" and primary.image_shape[1:] != auxiliary.image_shape[1:]:
+            raise UsageError(
+                f"--arch shared needs both datasets at one size, but the primary is "
+                f"{primary.image_shape[1:]} and the auxiliary {auxiliary.image_shape[1:]}: pass "
+                "--primary-size and --auxiliary-size with one value (or --arch paper)"
+            )
     index = labeled_subset(
         primary.train.labels,
         primary.classes,
@@ -211,7 +235,9 @@ def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
                 auxiliary.train.labels, auxiliary.classes, cfg.aux_per_class, auxiliary.name
             )
             aux_train = auxiliary.train.subset(keep)
-    return TrainData(primary, auxiliary, index, primary.train.subset(index), aux_train)
+    return TrainData(
+        primary, auxiliary, index, primary.train.subset(index), aux_train, primary_size
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -290,6 +316,13 @@ def _resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return out
 
 
+def _elbo_scales(cfg: TrainConfig, spec: ModelSpec) -> tuple[float, float]:
+    """(auxiliary, primary) multipliers of the ELBO terms: 1 / pixel values for per-pixel."""
+    if cfg.loss_scale == "sum" or spec.auxiliary_shape is None:
+        return 1.0, 1.0
+    return 1.0 / math.prod(spec.auxiliary_shape), 1.0 / math.prod(spec.primary_shape)
+
+
 class Trainer:
     """One training session of a run (a fresh run, or a resumed one)."""
 
@@ -307,6 +340,7 @@ class Trainer:
             style_dim=cfg.style_dim,
             hidden_dim=cfg.hidden_dim,
             dropout=cfg.dropout,
+            arch=cfg.arch,
         )
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = place_model(build_model(self.spec), device)
@@ -319,7 +353,9 @@ class Trainer:
             cfg.match_weight,
             cfg.aux_ce_weight,
             cfg.primary_ce_weight,
+            *_elbo_scales(cfg, self.spec),
         )
+        self.aug = Augment(cfg.aug_shift, cfg.aug_rotate, cfg.aug_scale, cfg.aug_color)
         self.terms = TERMS[cfg.model]
         # Normalised float images live on the training device once; batches are index lookups.
         self.lab_x = _resident(data.labeled.images, device)  # (N_p, C, H, W) float, NHWC
@@ -379,9 +415,11 @@ class Trainer:
         # Forward in the run's precision (bf16 autocast: convs and matmuls only); every loss
         # term is computed from fp32 casts of the outputs.
         cast = autocast(self.device, self.precision)
+        aug_p, aug_a = self.cfg.augment != "none", self.cfg.augment == "all"
         if kind == "single":
             (pi,) = idx
             xp, y = self.lab_x[pi], self.lab_y[pi]  # (B, C, H, W) float, (B,)
+            xp = augment(xp, self.aug) if aug_p else xp
             with cast:
                 logits_p = self.model.classify_primary(xp).float()
             terms = {"ce_primary": nn.functional.cross_entropy(logits_p, y)}
@@ -389,6 +427,8 @@ class Trainer:
         ai, pi = idx
         xa, xp = self.aux_x[ai], self.lab_x[pi]
         y = self.lab_y[pi]  # == the auxiliary labels: same-class pairs
+        xp = augment(xp, self.aug) if aug_p else xp
+        xa = augment(xa, self.aug) if aug_a else xa
         if kind == "paired":
             with cast:
                 logits_a = self.model.classify_aux(xa).float()
@@ -559,6 +599,8 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
             )
 
     data = load_data(cfg, reporter)
+    if data.primary_size != cfg.primary_size:  # record the size --arch shared chose
+        cfg = replace(cfg, primary_size=data.primary_size)
     trainer = Trainer(cfg, data, device, precision)
     columns = metric_columns(cfg.model)
     start_epoch = 0

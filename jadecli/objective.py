@@ -1,7 +1,9 @@
 """The loss terms of the three models; JADE's is equation 2 of the paper as reference.md gives it.
 
 For a same-class pair (x_A auxiliary, x_P primary, label y), with every term averaged over the
-batch and each reconstruction summed over pixels:
+batch and each reconstruction summed over pixels (`--loss-scale per-pixel`, the default, then
+divides each dataset's ELBO terms, the first three lines, by its number of pixel values, so that
+the classification weights mean the same whatever the image size):
 
     L = w_rec   * [BCE(x_A, dec_A(z_A)) + BCE(x_P, dec_P(z_P))]
       + w_kl    * [KL(q(z_s^A|x_A) || N(0,I)) + KL(q(z_c^A|x_A) || N(0,I))
@@ -31,6 +33,10 @@ class LossWeights:
     match: float = 1.0
     aux_ce: float = 1.0
     primary_ce: float = 1.0
+    # --loss-scale per-pixel: each dataset's ELBO terms are divided by its number of pixel
+    # values (1/784 for MNIST, 1/3072 for 32x32 RGB); sum (the paper): 1
+    aux_scale: float = 1.0
+    primary_scale: float = 1.0
 
 
 # The order of the terms in metrics.csv and in divergence messages.
@@ -99,13 +105,14 @@ def jade_terms(
 
 def weighted_total(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     """Equation 2 with the configured weights; works for all three models' term sets."""
+    a, p = w.aux_scale, w.primary_scale
     weight = {
-        "recon_aux": w.recon,
-        "recon_primary": w.recon,
-        "kl_style_aux": w.kl,
-        "kl_content_aux": w.kl,
-        "kl_style_primary": w.kl,
-        "kl_match": w.match,
+        "recon_aux": w.recon * a,
+        "recon_primary": w.recon * p,
+        "kl_style_aux": w.kl * a,
+        "kl_content_aux": w.kl * a,
+        "kl_style_primary": w.kl * p,
+        "kl_match": w.match * p,
         "ce_aux": w.aux_ce,
         "ce_primary": w.primary_ce,
     }

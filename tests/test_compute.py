@@ -27,7 +27,8 @@ def manifest(run: Path) -> dict:
 
 def test_precision_resolution(monkeypatch):
     assert compute.resolve_precision("fp32", CPU) == "fp32"
-    assert compute.resolve_precision("auto", CPU) == "fp32"  # AUTO_BF16 is off
+    monkeypatch.setattr(compute, "AUTO_BF16", False)
+    assert compute.resolve_precision("auto", CPU) == "fp32"
     monkeypatch.setattr(compute, "AUTO_BF16", True)
     expected = "bf16" if compute.native_bf16(CPU) else "fp32"
     assert compute.resolve_precision("auto", CPU) == expected

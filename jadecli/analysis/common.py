@@ -217,6 +217,7 @@ def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, Mo
             style_dim=int(s["style_dim"]),
             hidden_dim=int(s["hidden_dim"]),
             dropout=float(s["dropout"]),
+            arch=str(s.get("arch", "paper")),  # runs before --arch were all paper
         )
     except (KeyError, TypeError, ValueError, JadeError) as err:
         raise RunDirError(
@@ -250,7 +251,9 @@ def _load_datasets(
         spec = _locate_folder(spec, (recorded.get(role) or {}).get("root"), source.data_dir)
         reporter.info(f"loading {spec} ({role})")
         try:
-            out[role] = load_dataset(spec, data_dir, False, size, reporter.warn, f"--{role}")
+            pad = cfg.primary_pad if role == "primary" else cfg.auxiliary_pad
+            dataset = load_dataset(spec, data_dir, False, size, reporter.warn, f"--{role}")
+            out[role] = dataset.padded(pad)
         except DataError as err:
             raise DataError(
                 f"cannot reload the run's {role} dataset: {err} (pass --data-dir DIR if the data "

@@ -42,6 +42,13 @@ class ImageSet:
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
 
+    def padded(self, pad: int) -> ImageSet:
+        """The images with `pad` black pixels added on every side."""
+        if pad == 0:
+            return self
+        images = torch.nn.functional.pad(self.images, (pad, pad, pad, pad))
+        return ImageSet(images, self.labels, dict(self.factors))
+
 
 @dataclass
 class Dataset:
@@ -62,6 +69,15 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def padded(self, pad: int) -> Dataset:
+        """The dataset with `pad` black pixels around every image (`--primary-pad`)."""
+        if pad == 0:
+            return self
+        info = {**self.info, "padded": pad}
+        return Dataset(
+            self.name, self.classes, self.train.padded(pad), self.test.padded(pad), self.root, info
+        )
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this dataset."""

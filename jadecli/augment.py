@@ -72,6 +72,36 @@ def _colour_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     return torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
 
 
+def style_mix(x_aux: torch.Tensor, primary: torch.Tensor, p: float) -> torch.Tensor:
+    """Redraw a fraction `p` of auxiliary images in the primary's style: |T - x|, where the
+    texture T is a random labeled primary image with its tiles (an 8 x 8 grid) shuffled, so it
+    keeps the primary's colours and textures but not its digit. This is how MNIST-M was made
+    from MNIST (with photo patches for T); it teaches the shared trunk the primary's look from
+    thousands of labeled auxiliary images instead of the primary's handful."""
+    b = x_aux.shape[0]  # x_aux: (B, C, H, W), the primary's channels and size
+    idx = torch.randint(len(primary), (b,), device=x_aux.device)
+    t = _shuffle_tiles(primary[idx].float(), 8)  # (B, C, H, W)
+    t = torch.where(torch.rand(b, 1, 1, 1, device=t.device) < 0.5, t, t.flip(3))
+    mixed = (t - x_aux.float()).abs()
+    pick = torch.rand(b, 1, 1, 1, device=x_aux.device) < p
+    return torch.where(pick, mixed, x_aux.float()).contiguous(memory_format=_layout(x_aux))
+
+
+def _shuffle_tiles(t: torch.Tensor, grid: int) -> torch.Tensor:
+    b, c, h, w = t.shape
+    th, tw = max(h // grid, 1), max(w // grid, 1)
+    gh, gw = h // th, w // tw
+    tiles = t[:, :, : gh * th, : gw * tw].reshape(b, c, gh, th, gw, tw)
+    tiles = tiles.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, th, tw)
+    order = torch.rand(b, gh * gw, device=t.device).argsort(1)  # (B, tiles)
+    tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
+    out = tiles.reshape(b, gh, gw, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+    out = out.reshape(b, c, gh * th, gw * tw)
+    if (gh * th, gw * tw) != (h, w):
+        out = F.interpolate(out, size=(h, w), mode="nearest")
+    return out
+
+
 def _layout(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last

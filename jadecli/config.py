@@ -25,7 +25,7 @@ MODELS = ("single", "paired", "jade")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
-ARCHES = ("paper", "shared")  # model.ARCHES (config stays torch-free)
+ARCHES = ("paper", "shared")  # the encoders of model.encoders()
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("per-pixel", "sum")
 
@@ -151,6 +151,13 @@ class TrainConfig:
         "Colour jitter strength for 3-channel images (saturation, per-channel gain, contrast; "
         "half the images also get their channels permuted); 0 disables it.",
     )
+    style_mix: float | None = opt(
+        None,
+        "Fraction of auxiliary training images redrawn in the primary's style: |T - x| with T "
+        "a labeled primary image whose tiles are shuffled (its colours and texture, not its "
+        "digit), as MNIST-M was made from MNIST. Default: 0.5 when the primary is colour and "
+        "the auxiliary grey (grey auxiliary images then get 3 channels), else 0.",
+    )
     # --- objective (reference.md, equation 2) ---
     loss_scale: str = opt(
         "per-pixel",
@@ -238,6 +245,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
+        if self.style_mix is not None and not (
+            math.isfinite(self.style_mix) and 0 <= self.style_mix <= 1
+        ):
+            raise ConfigError("style_mix", f"must be between 0 and 1 (got {self.style_mix})")
         for name in ("aug_shift", "aug_scale", "aug_color"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 0.5):
@@ -427,6 +438,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
 _PAPER_COMMON: dict[str, Any] = {
     "arch": "paper",
     "augment": "none",
+    "style_mix": 0.0,
     "loss_scale": "sum",
     "content_dim": 10,
     "style_dim": 10,
@@ -459,6 +471,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "aug_scale": 0.0,
     "aug_color": 0.0,
     "loss_scale": "sum",
+    "style_mix": 0.0,
 }
 
 

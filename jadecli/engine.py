@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from jadecli import __version__
-from jadecli.augment import Augment, augment
+from jadecli.augment import Augment, augment, style_mix
 from jadecli.compute import (
     EVAL_BATCH,
     autocast,
@@ -176,6 +176,7 @@ class TrainData:
     labeled: ImageSet
     aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
     primary_size: int | None = None  # the --primary-size used (--arch shared may choose it)
+    style_mix: float = 0.0  # the --style-mix used
 
 
 def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
@@ -211,14 +212,10 @@ def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
     primary = load_dataset(
         cfg.primary, data_dir, cfg.download, primary_size, reporter.warn, "--primary"
     ).padded(cfg.primary_pad)
+    mix = 0.0
     if auxiliary is not None:
         align_classes(primary, auxiliary)
-        if cfg.arch == "shared" and primary.image_shape[1:] != auxiliary.image_shape[1:]:
-            raise UsageError(
-                f"--arch shared needs both datasets at one size, but the primary is "
-                f"{primary.image_shape[1:]} and the auxiliary {auxiliary.image_shape[1:]}: pass "
-                "--primary-size and --auxiliary-size with one value (or --arch paper)"
-            )
+        primary, auxiliary, mix = prepare_pair(primary, auxiliary, cfg.arch, cfg.style_mix)
     index = labeled_subset(
         primary.train.labels,
         primary.classes,
@@ -236,8 +233,40 @@ def load_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
             )
             aux_train = auxiliary.train.subset(keep)
     return TrainData(
-        primary, auxiliary, index, primary.train.subset(index), aux_train, primary_size
+        primary, auxiliary, index, primary.train.subset(index), aux_train, primary_size, mix
     )
+
+
+def prepare_pair(
+    primary: Dataset, auxiliary: Dataset, arch: str, style_mix: float | None
+) -> tuple[Dataset, Dataset, float]:
+    """The two datasets as the model sees them, and the `--style-mix` to train with.
+
+    `--arch shared` feeds both through one CNN: a grey dataset beside a colour one gets 3
+    (identical) channels, and both must have one size. Style mixing needs the auxiliary in the
+    primary's channels too. `jade train` and the analysis commands both call this."""
+    (cp, hp, wp), (ca, ha, wa) = primary.image_shape, auxiliary.image_shape
+    if style_mix is None:  # default: on for a colour primary helped by a grey auxiliary
+        style_mix = 0.5 if (cp, ca) == (3, 1) and (hp, wp) == (ha, wa) else 0.0
+    if arch == "shared" or style_mix > 0:
+        what = "--arch shared" if arch == "shared" else f"--style-mix {style_mix}"
+        if (hp, wp) != (ha, wa):
+            raise UsageError(
+                f"{what} needs both datasets at one size, but the primary is {hp}x{wp} and the "
+                f"auxiliary {ha}x{wa}: pass --primary-size/--auxiliary-size (and the pads)"
+            )
+        if cp != ca and 1 not in (cp, ca):
+            raise UsageError(
+                f"{what} needs one channel count, but the primary has {cp} and the auxiliary {ca}"
+            )
+        if cp == 1 and ca > 1 and style_mix > 0:
+            raise UsageError(
+                f"--style-mix {style_mix}: the primary is grey and the auxiliary in colour; "
+                "pass --style-mix 0"
+            )
+        channels = max(cp, ca)
+        primary, auxiliary = primary.with_channels(channels), auxiliary.with_channels(channels)
+    return primary, auxiliary, style_mix
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -429,6 +458,8 @@ class Trainer:
         y = self.lab_y[pi]  # == the auxiliary labels: same-class pairs
         xp = augment(xp, self.aug) if aug_p else xp
         xa = augment(xa, self.aug) if aug_a else xa
+        if self.data.style_mix > 0:  # some auxiliary images in the primary's style
+            xa = style_mix(xa, self.lab_x, self.data.style_mix)
         if kind == "paired":
             with cast:
                 logits_a = self.model.classify_aux(xa).float()
@@ -599,8 +630,9 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
             )
 
     data = load_data(cfg, reporter)
-    if data.primary_size != cfg.primary_size:  # record the size --arch shared chose
-        cfg = replace(cfg, primary_size=data.primary_size)
+    if (data.primary_size, data.style_mix) != (cfg.primary_size, cfg.style_mix):
+        # record what the defaults chose: the size for --arch shared, the style mixing
+        cfg = replace(cfg, primary_size=data.primary_size, style_mix=data.style_mix)
     trainer = Trainer(cfg, data, device, precision)
     columns = metric_columns(cfg.model)
     start_epoch = 0

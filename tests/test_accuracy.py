@@ -14,9 +14,12 @@ import torch
 import yaml
 from conftest import make_mnist, make_svhn
 
-from jadecli.augment import Augment, augment
+from jadecli.augment import Augment, augment, style_mix
 from jadecli.cli import app
 from jadecli.config import TrainConfig, load_yaml_config, resolve_train_config
+from jadecli.data.core import Dataset, ImageSet
+from jadecli.engine import prepare_pair
+from jadecli.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -83,6 +86,8 @@ def test_runs_saved_before_the_new_options_reload_as_they_trained():
         ("--aug-shift", "0.9", "--aug-shift must be between 0 and 0.5"),
         ("--aug-rotate", "-5", "--aug-rotate must be between 0 and 180"),
         ("--loss-scale", "mean", "--loss-scale must be one of per-pixel, sum"),
+        ("--style-mix", "1.5", "--style-mix must be between 0 and 1"),
+        ("--primary-pad", "-1", "--primary-pad must be between 0 and 64"),
     ],
 )
 def test_bad_recipe_flags_name_the_flag(runner, flag, value, message):
@@ -113,6 +118,44 @@ def test_augment_grey_images_get_no_colour_jitter():
     assert torch.allclose(augment(x, Augment(0.0, 0.0, 0.0, 0.5)), x)
 
 
+def test_style_mix_draws_auxiliary_digits_on_primary_textures():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 3, 32, 32)
+    x[:, :, 8:24, 14:18] = 1.0  # a white bar on black: the "digit"
+    primary = torch.rand(5, 3, 32, 32) * 0.5  # textures, all below 0.5
+    assert torch.equal(style_mix(x, primary, 0.0), x)
+    mixed = style_mix(x, primary, 1.0)
+    background, stroke = mixed[:, :, :8], mixed[:, :, 8:24, 14:18]
+    # |T - x|: the background is the primary's texture, the stroke its inverse (>= 0.5)
+    assert float(background.max()) <= 0.5 and float(background.mean()) > 0.1
+    assert float(stroke.min()) >= 0.5
+    # every background pixel is a primary pixel (moved by the tile shuffle and flips)
+    assert set(background.unique().tolist()) <= set(primary.unique().tolist())
+    half = style_mix(x, primary, 0.5)
+    changed = (half != x).flatten(1).any(1).float().mean()
+    assert 0.25 < float(changed) < 0.75
+
+
+def _dataset(c: int, size: int, name: str) -> Dataset:
+    images = torch.zeros(10, c, size, size, dtype=torch.uint8)
+    part = ImageSet(images, torch.arange(10) % 2)
+    return Dataset(name, ["a", "b"], part, part, "/nowhere")
+
+
+def test_prepare_pair_gives_one_trunk_one_input_shape():
+    colour, grey = _dataset(3, 28, "p"), _dataset(1, 28, "a")
+    p, a, mix = prepare_pair(colour, grey, "shared", None)
+    assert p.image_shape == a.image_shape == (3, 28, 28) and mix == 0.5
+    p, a, mix = prepare_pair(_dataset(1, 28, "p"), grey, "shared", None)
+    assert p.image_shape == a.image_shape == (1, 28, 28) and mix == 0.0  # no style to mix in
+    p, a, mix = prepare_pair(colour, grey, "paper", 0.0)
+    assert (p.image_shape, a.image_shape, mix) == ((3, 28, 28), (1, 28, 28), 0.0)
+    with pytest.raises(UsageError, match="--arch shared needs both datasets at one size"):
+        prepare_pair(_dataset(3, 32, "p"), grey, "shared", None)
+    with pytest.raises(UsageError, match=r"--style-mix 0\.5: the primary is grey"):
+        prepare_pair(_dataset(1, 28, "p"), _dataset(3, 28, "a"), "shared", 0.5)
+
+
 # --------------------------------------------------------------------------- arch shared
 
 
@@ -136,6 +179,8 @@ def test_shared_arch_resizes_the_primary_and_analysis_follows(runner, tmp_path):
     assert manifest["config"]["arch"] == "shared"
     assert manifest["config"]["primary_size"] == 28  # SVHN 32x32 -> MNIST's 28x28
     assert manifest["datasets"]["primary"]["image_shape"] == [3, 28, 28]
+    assert manifest["config"]["style_mix"] == 0.5  # colour primary + grey auxiliary
+    assert manifest["datasets"]["auxiliary"]["image_shape"] == [3, 28, 28]
     acc = manifest["final_metrics"]["primary_test_accuracy"]
     result = runner.invoke(app, ["evaluate", str(run), "--format", "json"])
     assert result.exit_code == 0, result.output

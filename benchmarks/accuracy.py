@@ -144,10 +144,9 @@ def run_one(pair: Pair, model: str, seed: int, args: argparse.Namespace) -> Resu
     manifest: dict[str, Any] = {}
     if args.reuse and (run / "manifest.yaml").is_file():
         manifest = read_run(run)
-        if manifest.get("status") == "completed" and manifest.get("command", "").endswith(
-            " ".join(shlex.quote(c) for c in cmd[2:])
-        ):
-            wall = float(manifest.get("wall_s_benchmark", manifest.get("train_seconds", 0.0)))
+        flags = " ".join(shlex.quote(c) for c in cmd[2:-2])  # without `jade train` and --out
+        if manifest.get("status") == "completed" and flags in str(manifest.get("command", "")):
+            wall = float(manifest.get("train_seconds") or 0.0)  # training only, not loading
         else:
             manifest = {}
     if not manifest:
@@ -206,7 +205,7 @@ def render(
     )
     lines.append(
         "Accuracy is primary **test** accuracy (%) of the model after its last epoch: no model "
-        "or epoch was chosen with test data, and nothing was tuned on it. ± is the sample "
+        "or epoch was chosen with test data. ± is the sample "
         "standard deviation over seeds; margins are per-seed differences (same seed, same "
         "labeled subset), averaged."
     )

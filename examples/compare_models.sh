@@ -5,7 +5,8 @@
 set -euo pipefail
 data_dir="${1:-../shared/data}"
 for model in single paired jade; do
-  jade train --primary "folder:${data_dir}/USPS" --auxiliary mnist --data-dir "${data_dir}" \
-    --n-labeled 100 --model "${model}" --out "runs/compare-${model}" --overwrite --no-progress
+  jade train --primary usps --primary-size 20 --primary-pad 4 --auxiliary mnist \
+    --data-dir "${data_dir}" --n-labeled 100 --model "${model}" --out "runs/compare-${model}" \
+    --overwrite --no-progress
   grep -A1 'final_metrics:' "runs/compare-${model}/manifest.yaml"
 done

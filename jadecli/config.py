@@ -115,15 +115,16 @@ class TrainConfig:
     # --- model ---
     arch: str = opt(
         "shared",
-        "Encoders. shared: one conv trunk (32-64-128 filters, BatchNorm kept per dataset) for "
-        "both datasets, so the auxiliary set trains the convolutions the primary uses; the "
-        "primary is resized to the auxiliary's size. paper: the paper's two separate CNNs "
-        "(reference.md).",
+        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm) for both datasets, so the "
+        "auxiliary's labels train the convolutions the primary uses; the primary is resized "
+        "to the auxiliary's size and a grey dataset beside a colour one gets 3 channels. "
+        "paper: the paper's two separate CNNs (reference.md).",
     )
     model: str = opt(
         "jade",
-        "single: primary CNN + classifier. paired: a CNN per dataset, one shared classifier. "
-        "jade: a VAE per dataset whose content latents share the classifier.",
+        "single: primary CNN + classifier. paired: both datasets' CNN features (one CNN with "
+        "--arch shared) into one shared classifier. jade: a VAE per dataset whose content "
+        "latents share the classifier.",
     )
     content_dim: int = opt(
         10,

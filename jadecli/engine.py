@@ -63,6 +63,8 @@ from jadecli.progress import Reporter
 from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
 
 CHECKPOINT_FORMAT = 1
+# Config fields whose default (None) is resolved when a run starts and saved resolved.
+CHOSEN_AT_START = ("primary_size", "style_mix")
 
 
 @dataclass
@@ -605,6 +607,9 @@ def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainRes
         manifest = run.read_manifest()
         resume_state = run.load_checkpoint()
         saved = TrainConfig.from_dict(resume_state["config"])
+        # values the defaults chose when the run started (None = "choose") are the run's own
+        chosen = {f: getattr(saved, f) for f in CHOSEN_AT_START if getattr(cfg, f) is None}
+        cfg = replace(cfg, **chosen)
         for f in TrainConfig.__dataclass_fields__:
             if f not in RESUME_OVERRIDABLE and getattr(saved, f) != getattr(cfg, f):
                 raise RunDirError(

@@ -59,12 +59,15 @@ def test_train_writes_a_complete_run(runner, synth_dir, tmp_path, model):
     for key in ("python", "torch", "torchvision"):
         assert m["versions"][key]
     assert m["datasets"]["primary"]["train_size"] == 10_000
-    assert m["datasets"]["primary"]["image_shape"] == [3, 32, 32]
+    # single keeps 32x32; --arch shared brings the primary to the auxiliary's 28x28
+    shape = [3, 32, 32] if model == "single" else [3, 28, 28]
+    assert m["datasets"]["primary"]["image_shape"] == shape
     assert m["datasets"]["primary"]["labeled"]["per_class"] == [5] * 10
     assert m["started_at"] and m["ended_at"]
     assert m["checkpoints"]["last"] == "checkpoints/last.pt"
     if model != "single":
-        assert m["datasets"]["auxiliary"]["image_shape"] == [1, 28, 28]
+        # grey synth-hand gets 3 channels beside the colour primary (one shared CNN)
+        assert m["datasets"]["auxiliary"]["image_shape"] == [3, 28, 28]
     acc = m["final_metrics"]["primary_test_accuracy"]
     assert 0.0 <= acc <= 1.0
     assert f"{100 * acc:.2f}%" in result.output
@@ -234,7 +237,7 @@ def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
     assert "warning: svhn:" in result.output and "not the official file" in result.output
     m = read_manifest(out)
     assert m["datasets"]["primary"]["verified"] == {"train": False, "test": False}
-    assert m["datasets"]["primary"]["image_shape"] == [3, 32, 32]
+    assert m["datasets"]["primary"]["image_shape"] == [3, 28, 28]  # MNIST's size (shared CNN)
     assert m["datasets"]["auxiliary"]["used_per_class"] == [15] * 10
     assert m["datasets"]["primary"]["labeled"]["selection"] == "first"
     with open(out / "labeled_indices.csv", newline="") as fh:

@@ -51,7 +51,7 @@ def augment(x: torch.Tensor, aug: Augment) -> torch.Tensor:
         )
     if aug.color > 0 and x.shape[1] == 3:
         out = _colour_jitter(out, aug.color)
-    return out.clamp_(0.0, 1.0).contiguous(memory_format=_layout(x))
+    return out.clamp(0.0, 1.0).contiguous(memory_format=_layout(x))  # never x itself, in place
 
 
 def _colour_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:

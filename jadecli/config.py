@@ -233,12 +233,9 @@ class TrainConfig:
             )
         _positive_or_all("n_labeled", self.n_labeled)
         _positive_or_all("epoch_size", self.epoch_size)
-        if self.labeled_selection not in LABELED_SELECTIONS:
-            raise ConfigError(
-                "labeled_selection",
-                f"must be one of {', '.join(LABELED_SELECTIONS)} (got {self.labeled_selection!r})",
-            )
         for name, allowed in (
+            ("labeled_selection", LABELED_SELECTIONS),
+            ("lr_schedule", LR_SCHEDULES),
             ("arch", ARCHES),
             ("augment", AUGMENTS),
             ("loss_scale", LOSS_SCALES),
@@ -262,11 +259,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value <= 64:
                 raise ConfigError(name, f"must be between 0 and 64 pixels (got {value})")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                "lr_schedule",
-                f"must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})",
-            )
         for name in ("aux_per_class", "primary_size", "auxiliary_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -8,6 +8,7 @@ uint8 tensor `(N, C, H, W)`. Nothing on the training hot path decodes or transfo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,25 +81,20 @@ class Dataset:
 
     def padded(self, pad: int) -> Dataset:
         """The dataset with `pad` black pixels around every image (`--primary-pad`)."""
-        if pad == 0:
-            return self
-        info = {**self.info, "padded": pad}
-        return Dataset(
-            self.name, self.classes, self.train.padded(pad), self.test.padded(pad), self.root, info
-        )
+        return self if pad == 0 else self._map(lambda part: part.padded(pad), padded=pad)
 
     def with_channels(self, channels: int) -> Dataset:
-        """The dataset with grey images turned into `channels`-channel ones (`--style-mix`)."""
+        """The dataset with grey images turned into `channels`-channel ones (one shared CNN)."""
         if self.image_shape[0] == channels:
             return self
-        info = {**self.info, "channels_from": self.image_shape[0]}
+        return self._map(
+            lambda part: part.with_channels(channels), channels_from=self.image_shape[0]
+        )
+
+    def _map(self, fn: Callable[[ImageSet], ImageSet], **info: Any) -> Dataset:
+        """Both splits transformed by `fn`, with `info` added to the manifest's record."""
         return Dataset(
-            self.name,
-            self.classes,
-            self.train.with_channels(channels),
-            self.test.with_channels(channels),
-            self.root,
-            info,
+            self.name, self.classes, fn(self.train), fn(self.test), self.root, {**self.info, **info}
         )
 
     def describe(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 For a same-class pair (x_A auxiliary, x_P primary, label y), with every term averaged over the
 batch and each reconstruction summed over pixels (`--loss-scale per-pixel`, the default, then
-divides each dataset's ELBO terms, the first three lines, by its number of pixel values, so that
+divides each dataset's ELBO terms, the first four lines, by its number of pixel values, so that
 the classification weights mean the same whatever the image size):
 
     L = w_rec   * [BCE(x_A, dec_A(z_A)) + BCE(x_P, dec_P(z_P))]

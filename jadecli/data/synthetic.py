@@ -245,98 +245,26 @@ def generate_street(n: int, seed: int) -> SynthSplit:
     """
     _check_n(n)
     atlas, widths = _glyph_atlas()  # (1, 1, T, F*10*T), (F, 10)
-    n_fonts = len(STREET_FONTS)
     g = torch.Generator().manual_seed(seed)
-
-    # ---- sample everything per image up front (independently of the label)
-    labels = _balanced_labels(n, g)
-    font = torch.randint(n_fonts, (n,), generator=g)
-    fg, bg = _contrasting_colours(g, n, min_contrast=0.3)  # (N, 3) each
-    rotation = _uniform(g, n, -12.0, 12.0)
-    scale = _uniform(g, n, 0.55, 0.85)
-    aspect = _log_uniform(g, n, 0.75, 1.3)
-    shear = _uniform(g, n, -0.15, 0.15)
-    shift_x = _uniform(g, n, -2.5, 2.5)
-    shift_y = _uniform(g, n, -2.0, 2.0)
-    gap = _uniform(g, n, 0.05, 0.3)
-    left = (torch.rand(n, generator=g) < 0.6).long()  # SVHN crops of multi-digit numbers
-    right = (torch.rand(n, generator=g) < 0.6).long()
-    left_digit = torch.randint(10, (n,), generator=g)  # neighbours are any digit, same font
-    right_digit = torch.randint(10, (n,), generator=g)
-    light = _uniform(g, n, 0.0, 0.4)
-    light_angle = _uniform(g, n, -180.0, 180.0)
-    texture = _uniform(g, n, 0.0, 0.25)
-    edge = _uniform(g, n, -0.4, 0.4)  # a sign border or shadow line crossing the background
-    edge_angle = _uniform(g, n, -180.0, 180.0)
-    edge_offset = _uniform(g, n, 0.4, 1.0)  # its distance from the centre, in half-widths
-    blur = _uniform(g, n, 0.3, 1.1)
-    noise = _uniform(g, n, 0.0, 0.05)
-
-    # ---- inverse affine map from output pixels to centre-glyph tile coordinates:
-    # forward is tile -> R @ Shear @ diag(k * aspect, k) @ tile + t, with k the tile-unit to
-    # output-unit ratio that makes the digit `scale` of the image height
-    k = 2 * scale / _GLYPH_H
-    fwd = _rotation(rotation) @ _shear_x(shear) @ _diag(k * aspect, k)  # (N, 2, 2)
-    inv = torch.linalg.inv(fwd)  # (N, 2, 2)
-    shift = torch.stack([shift_x, shift_y], -1) * (2 / _STREET_SIZE)  # pixels -> grid units
-    # neighbours sit in the centre digit's (rotated, sheared) frame, one gap beside it
-    wc = widths[font, labels]
-    d_left = (wc + widths[font, left_digit]) / 2 + gap * _GLYPH_H  # (N,)
-    d_right = (wc + widths[font, right_digit]) / 2 + gap * _GLYPH_H
-    grid = _pixel_grid(_STREET_SIZE)  # (P, 2)
-    xy = grid.T.reshape(2, 1, _STREET_SIZE, _STREET_SIZE)  # (2, 1, H, W): x, y in [-1, 1]
-    n_tiles = n_fonts * 10
+    f = _street_factors(n, g)
+    geometry = _street_geometry(f, widths)
     # background texture: luminance plus a weaker colour drift, drawn at 4x4 and upsampled
     # smoothly (bicubic, written as a matrix so that it is one cheap einsum per chunk)
     tex_lo = torch.randn(n, 1, 4, 4, generator=g) + 0.3 * torch.randn(n, 3, 4, 4, generator=g)
-    up = F.interpolate(
-        torch.eye(4)[:, None, None], size=(1, _STREET_SIZE), mode="bicubic", align_corners=True
-    )[:, 0, 0].T  # (H, 4)
-
     images = torch.empty(n, 3, _STREET_SIZE, _STREET_SIZE, dtype=torch.uint8)
     for lo in range(0, n, _CHUNK):
         sl = slice(lo, min(lo + _CHUNK, n))
-        m = sl.stop - sl.start
-        u = torch.einsum("nij,npj->npi", inv[sl], grid - shift[sl, None])  # (m, P, 2)
-        # the three glyphs (left, centre, right) sample the atlas at shifted tile coordinates.
-        # Clamping to the tile keeps every read inside its own tile: tile borders are empty.
-        offsets = torch.stack([-d_left[sl], torch.zeros(m), d_right[sl]])  # (3, m)
-        tiles = torch.stack([left_digit[sl], labels[sl], right_digit[sl]]) + 10 * font[sl]
-        ux = (u[..., 0] + offsets[..., None]).clamp_(-1, 1)  # (3, m, P)
-        uy = u[..., 1].clamp(-1, 1).expand_as(ux)
-        ax = (2 * tiles[..., None] + ux + 1) / n_tiles - 1  # tile -> atlas coordinates
-        samp = torch.stack([ax, uy], -1).reshape(1, 3 * m * _STREET_SIZE, _STREET_SIZE, 2)
-        cover = F.grid_sample(atlas, samp, mode="bilinear", align_corners=False)
-        cover = cover.reshape(3, m, 1, _STREET_SIZE, _STREET_SIZE)
-        present = torch.stack([left[sl], torch.ones(m, dtype=torch.long), right[sl]])
-        alpha = (cover * present[..., None, None, None]).amax(0)  # (m, 1, H, W)
-
-        # background: flat colour, shaded by the texture and a soft edge across the sign
-        tex = torch.einsum("hi,ncij,wj->nchw", up, tex_lo[sl], up)  # (m, 3, H, W)
-        along = _along(edge_angle[sl], xy) - edge_offset[sl, None, None, None]
-        step = torch.sigmoid(along * 12)  # (m, 1, H, W), a soft step a few pixels wide
-        shade = 1 + texture[sl, None, None, None] * tex + edge[sl, None, None, None] * step
-        img = torch.lerp(bg[sl, :, None, None] * shade, fg[sl, :, None, None], alpha)
-        # a linear lighting gradient over the whole crop (sign, shade, digits alike)
-        img = img * (1 + light[sl, None, None, None] * _along(light_angle[sl], xy))
-        img = _blur(img, blur[sl])
-        img = img + noise[sl, None, None, None] * torch.randn(img.shape, generator=g)
-        images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-
+        images[sl] = _draw_street(f, geometry, tex_lo, atlas, sl, g)
+    font, fg, bg = f["font"], f["fg"], f["bg"]
     factors = {
         "font": font,
         "fg_r": fg[:, 0], "fg_g": fg[:, 1], "fg_b": fg[:, 2],
         "bg_r": bg[:, 0], "bg_g": bg[:, 1], "bg_b": bg[:, 2],
-        "rotation": rotation, "scale": scale, "aspect": aspect, "shear": shear,
-        "shift_x": shift_x, "shift_y": shift_y, "gap": gap,
-        "left": left, "right": right,
-        "light": light, "light_angle": light_angle, "texture": texture,
-        "edge": edge, "edge_angle": edge_angle, "edge_offset": edge_offset,
-        "blur": blur, "noise": noise,
+        **{name: f[name] for name in _STREET_FACTORS},
     }  # fmt: skip
     return SynthSplit(
         images=images,
-        labels=labels,
+        labels=f["labels"],
         factors={k: v.contiguous() for k, v in factors.items()},
         categorical=("font", "left", "right"),
         factor_levels={
@@ -345,6 +273,107 @@ def generate_street(n: int, seed: int) -> SynthSplit:
             "right": ("absent", "present"),
         },
     )
+
+
+# The continuous and binary factors of a street image, in the order SynthSplit records them
+# (after font and the colours).
+_STREET_FACTORS = (
+    "rotation", "scale", "aspect", "shear", "shift_x", "shift_y", "gap", "left", "right",
+    "light", "light_angle", "texture", "edge", "edge_angle", "edge_offset", "blur", "noise",
+)  # fmt: skip
+
+
+def _street_factors(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Everything about each street image, sampled up front and independently of the label
+    (the draw order is part of the dataset: changing it changes every image)."""
+    f: dict[str, torch.Tensor] = {"labels": _balanced_labels(n, g)}
+    f["font"] = torch.randint(len(STREET_FONTS), (n,), generator=g)
+    f["fg"], f["bg"] = _contrasting_colours(g, n, min_contrast=0.3)  # (N, 3) each
+    f["rotation"] = _uniform(g, n, -12.0, 12.0)
+    f["scale"] = _uniform(g, n, 0.55, 0.85)
+    f["aspect"] = _log_uniform(g, n, 0.75, 1.3)
+    f["shear"] = _uniform(g, n, -0.15, 0.15)
+    f["shift_x"] = _uniform(g, n, -2.5, 2.5)
+    f["shift_y"] = _uniform(g, n, -2.0, 2.0)
+    f["gap"] = _uniform(g, n, 0.05, 0.3)
+    f["left"] = (torch.rand(n, generator=g) < 0.6).long()  # SVHN crops of multi-digit numbers
+    f["right"] = (torch.rand(n, generator=g) < 0.6).long()
+    f["left_digit"] = torch.randint(10, (n,), generator=g)  # neighbours: any digit, same font
+    f["right_digit"] = torch.randint(10, (n,), generator=g)
+    f["light"] = _uniform(g, n, 0.0, 0.4)
+    f["light_angle"] = _uniform(g, n, -180.0, 180.0)
+    f["texture"] = _uniform(g, n, 0.0, 0.25)
+    f["edge"] = _uniform(g, n, -0.4, 0.4)  # a sign border or shadow line crossing the background
+    f["edge_angle"] = _uniform(g, n, -180.0, 180.0)
+    f["edge_offset"] = _uniform(g, n, 0.4, 1.0)  # its distance from the centre, in half-widths
+    f["blur"] = _uniform(g, n, 0.3, 1.1)
+    f["noise"] = _uniform(g, n, 0.0, 0.05)
+    return f
+
+
+def _street_geometry(f: dict[str, torch.Tensor], widths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The inverse affine map from output pixels to centre-glyph tile coordinates, and where
+    the neighbours sit. Forward is tile -> R @ Shear @ diag(k * aspect, k) @ tile + t, with k
+    the tile-unit to output-unit ratio that makes the digit `scale` of the image height."""
+    k = 2 * f["scale"] / _GLYPH_H
+    fwd = _rotation(f["rotation"]) @ _shear_x(f["shear"]) @ _diag(k * f["aspect"], k)
+    shift = torch.stack([f["shift_x"], f["shift_y"]], -1) * (2 / _STREET_SIZE)  # -> grid units
+    # neighbours sit in the centre digit's (rotated, sheared) frame, one gap beside it
+    font = f["font"]
+    wc = widths[font, f["labels"]]
+    gap = f["gap"] * _GLYPH_H
+    return {
+        "inv": torch.linalg.inv(fwd),  # (N, 2, 2)
+        "shift": shift,  # (N, 2)
+        "d_left": (wc + widths[font, f["left_digit"]]) / 2 + gap,  # (N,)
+        "d_right": (wc + widths[font, f["right_digit"]]) / 2 + gap,
+    }
+
+
+def _draw_street(
+    f: dict[str, torch.Tensor],
+    geo: dict[str, torch.Tensor],
+    tex_lo: torch.Tensor,
+    atlas: torch.Tensor,
+    sl: slice,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """The images `sl` (uint8 (m, 3, H, W)): glyphs, background, lighting, blur and noise."""
+    m = sl.stop - sl.start
+    grid = _pixel_grid(_STREET_SIZE)  # (P, 2)
+    xy = grid.T.reshape(2, 1, _STREET_SIZE, _STREET_SIZE)  # (2, 1, H, W): x, y in [-1, 1]
+    u = torch.einsum("nij,npj->npi", geo["inv"][sl], grid - geo["shift"][sl, None])  # (m, P, 2)
+    # the three glyphs (left, centre, right) sample the atlas at shifted tile coordinates.
+    # Clamping to the tile keeps every read inside its own tile: tile borders are empty.
+    offsets = torch.stack([-geo["d_left"][sl], torch.zeros(m), geo["d_right"][sl]])  # (3, m)
+    tiles = torch.stack([f["left_digit"][sl], f["labels"][sl], f["right_digit"][sl]])
+    tiles = tiles + 10 * f["font"][sl]
+    ux = (u[..., 0] + offsets[..., None]).clamp_(-1, 1)  # (3, m, P)
+    uy = u[..., 1].clamp(-1, 1).expand_as(ux)
+    ax = (2 * tiles[..., None] + ux + 1) / (len(STREET_FONTS) * 10) - 1  # tile -> atlas coords
+    samp = torch.stack([ax, uy], -1).reshape(1, 3 * m * _STREET_SIZE, _STREET_SIZE, 2)
+    cover = F.grid_sample(atlas, samp, mode="bilinear", align_corners=False)
+    cover = cover.reshape(3, m, 1, _STREET_SIZE, _STREET_SIZE)
+    present = torch.stack([f["left"][sl], torch.ones(m, dtype=torch.long), f["right"][sl]])
+    alpha = (cover * present[..., None, None, None]).amax(0)  # (m, 1, H, W)
+
+    def per_image(name: str) -> torch.Tensor:
+        return f[name][sl, None, None, None]  # (m, 1, 1, 1)
+
+    # background: flat colour, shaded by the texture and a soft edge across the sign
+    up = F.interpolate(
+        torch.eye(4)[:, None, None], size=(1, _STREET_SIZE), mode="bicubic", align_corners=True
+    )[:, 0, 0].T  # (H, 4)
+    tex = torch.einsum("hi,ncij,wj->nchw", up, tex_lo[sl], up)  # (m, 3, H, W)
+    along = _along(f["edge_angle"][sl], xy) - per_image("edge_offset")
+    step = torch.sigmoid(along * 12)  # (m, 1, H, W), a soft step a few pixels wide
+    shade = 1 + per_image("texture") * tex + per_image("edge") * step
+    img = torch.lerp(f["bg"][sl, :, None, None] * shade, f["fg"][sl, :, None, None], alpha)
+    # a linear lighting gradient over the whole crop (sign, shade, digits alike)
+    img = img * (1 + per_image("light") * _along(f["light_angle"][sl], xy))
+    img = _blur(img, f["blur"][sl])
+    img = img + per_image("noise") * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # -----------------------------------------------------------------------------

@@ -7,9 +7,10 @@ threads time, in interleaved repetitions:
   each stored uint8 image into a PIL image and apply `transforms.ToTensor()` per sample, a
   same-class pair dataset that picks the primary partner per sample in Python, a default
   `DataLoader` (batch 100, shuffle, no workers), float32 NCHW, Adam, the same model and loss;
-- **engine fp32** / **engine bf16**: `jadecli.engine.Trainer.run_epoch` and
-  `jadecli.engine.accuracy` (what `jade train` runs each step and each epoch), with
-  the default precision (fp32) and, where the hardware has native bf16, `--precision bf16`.
+- **engine fp32** / **engine bf16**: `jadecli.trainer.Trainer.run_epoch` and
+  `jadecli.trainer.accuracy` (what `jade train` runs each step and each epoch), with
+  `--precision fp32` and, where the hardware has native bf16, `--precision bf16` (what
+  `--precision auto` then picks).
 
 Peak resident memory is measured per (setup, model, implementation) in a child process. Then the
 time to accuracy of the default recipe (`jade train --primary usps --auxiliary mnist
@@ -50,15 +51,16 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms
 
-from jadecli.compute import EVAL_BATCH, native_bf16, resolve_precision
+from jadecli.compute import EVAL_BATCH, native_bf16, resolve_device, resolve_precision
 from jadecli.config import TrainConfig
 from jadecli.data.core import DIGITS, Dataset, ImageSet
+from jadecli.data.pair import TrainData, training_data
 from jadecli.data.registry import load_dataset
 from jadecli.data.sampling import first_per_class
-from jadecli.engine import TrainData, Trainer, accuracy, load_data, resolve_device
-from jadecli.model import build_model
+from jadecli.model import ModelSpec, build_model
 from jadecli.objective import LossWeights, jade_terms, weighted_total
 from jadecli.progress import NullReporter
+from jadecli.trainer import Trainer, accuracy
 
 MODELS = ("single", "paired", "jade")
 SETUPS = {
@@ -68,7 +70,8 @@ SETUPS = {
     "usps": "USPS (100 labeled, 16x16x1) + MNIST (28x28x1)",
 }
 BATCH = 100
-WEIGHTS = LossWeights(1.0, 1.0, 1.0, 1e4, 1e5)  # the paper's weights, as PAPER_MODEL pins them
+# the paper's weights, as PAPER_MODEL pins them
+WEIGHTS = LossWeights(recon=1.0, kl=1.0, match=1.0, aux_ce=1e4, primary_ce=1e5)
 # The engine side trains what the reference loop trains: the paper's CNNs and summed loss, no
 # augmentation (issue 5 made a different recipe the default; time to accuracy measures that).
 PAPER_MODEL = {
@@ -103,16 +106,22 @@ def make_data(setup: str, data_dir: Path) -> tuple[TrainData, dict[str, Any]]:
         cfg.update(PAPER_MODEL, data_dir=str(data_dir))
         aux = load_dataset("mnist", data_dir, False, None, NullReporter().warn, "--auxiliary")
         keep = first_per_class(aux.train.labels, aux.classes, 4500, "mnist")
-        return (
-            TrainData(primary, aux, torch.arange(1000), primary.train, aux.train.subset(keep)),
-            cfg,
+        data = TrainData(
+            primary=primary,
+            auxiliary=aux,
+            primary_size=None,
+            style_mix=0.0,
+            labeled_index=torch.arange(1000),
+            labeled=primary.train,
+            aux_train=aux.train.subset(keep),
         )
+        return data, cfg
     if setup == "builtin":
         cfg = {"primary": "synth-street", "auxiliary": "synth-hand", "n_labeled": 1000}
     else:
         cfg = {"primary": "usps", "auxiliary": "mnist", "n_labeled": 100}
     cfg.update(PAPER_MODEL, data_dir=str(data_dir))
-    return load_data(TrainConfig(**cfg), NullReporter()), cfg
+    return training_data(TrainConfig(**cfg), NullReporter()), cfg
 
 
 # --------------------------------------------------------------------------- reference loop
@@ -177,7 +186,7 @@ class Reference:
         self.it = iter(self.loader)
         self.test = {"primary": ptrain.test}
         if data.auxiliary is not None:
-            self.test["aux"] = data.auxiliary.test
+            self.test["auxiliary"] = data.auxiliary.test
 
     def _next(self) -> Any:
         try:
@@ -193,13 +202,13 @@ class Reference:
             batch = self._next()
             if self.kind == "single":
                 xp, y = batch[0].to(dev), batch[1].to(dev)
-                loss = F.cross_entropy(self.model.classify_primary(xp), y) * WEIGHTS.primary_ce
+                loss = F.cross_entropy(self.model.classify("primary", xp), y) * WEIGHTS.primary_ce
             else:
                 xa, xp, y = (t.to(dev) for t in batch)
                 if self.kind == "paired":
                     terms = {
-                        "ce_aux": F.cross_entropy(self.model.classify_aux(xa), y),
-                        "ce_primary": F.cross_entropy(self.model.classify_primary(xp), y),
+                        "ce_aux": F.cross_entropy(self.model.classify("auxiliary", xa), y),
+                        "ce_primary": F.cross_entropy(self.model.classify("primary", xp), y),
                     }
                 else:
                     terms = jade_terms(self.model(xa, xp), xa, xp, y)
@@ -214,13 +223,12 @@ class Reference:
     def evaluate(self, role: str, n: int) -> int:
         test = self.test[role]
         ds = RefImages(test.images[:n], test.labels[:n])
-        classify = getattr(self.model, f"classify_{role}")
         self.model.eval()
         correct = 0
         with torch.no_grad():
             for x, y in DataLoader(ds, batch_size=BATCH):
                 x, y = x.to(self.device), y.to(self.device)
-                correct += int((classify(x).argmax(1) == y).sum())
+                correct += int((self.model.classify(role, x).argmax(1) == y).sum())
         return len(ds)
 
 
@@ -272,15 +280,18 @@ class Engine:
         return min(n, len(test))
 
 
-def _spec(kind: str, data: TrainData) -> Any:
-    from jadecli.model import ModelSpec
-
+def _spec(kind: str, data: TrainData) -> ModelSpec:
+    """The paper's model, as the engine side trains it (PAPER_MODEL; code-default sizes)."""
     aux = data.auxiliary
     return ModelSpec(
         kind=kind,
+        arch="paper",
         primary_shape=data.primary.image_shape,
         auxiliary_shape=aux.image_shape if aux else None,
         num_classes=data.primary.num_classes,
+        content_dim=10,
+        style_dim=10,
+        hidden_dim=500,
         dropout=0.0,
     )
 
@@ -332,7 +343,7 @@ def measure(
     rows = []
     for kind in MODELS:
         runners = {n: build(n, p, kind, data, cfg, device) for n, p in impls(device)}
-        roles = ["primary"] + (["aux"] if kind != "single" else [])
+        roles = ["primary"] + (["auxiliary"] if kind != "single" else [])
         for r in runners.values():  # warm-up: oneDNN/cuDNN pick and cache their kernels
             r.train(3)
             for role in roles:
@@ -383,7 +394,7 @@ def run_child(spec: str, args: Any) -> None:
     precision = dict(impls(device)).get(impl)
     runner = build(impl, precision, kind, data, cfg, device)
     runner.train(args.steps)
-    for role in ["primary"] + (["aux"] if kind != "single" else []):
+    for role in ["primary"] + (["auxiliary"] if kind != "single" else []):
         runner.evaluate(role, args.eval_images)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_mib": round(rss, 1)}))
@@ -573,9 +584,10 @@ def render(
         "- reference: torchvision-style datasets (PIL + `ToTensor()` per sample), per-sample "
         "same-class pairing in Python, default `DataLoader` (batch 100, shuffle, no workers), "
         "float32 NCHW, Adam, the same model and loss. engine: `Trainer.run_epoch` and "
-        "`engine.accuracy` as `jade train` runs them (gradient clipping, finite checks and "
-        f"metrics included), eval batch {EVAL_BATCH}; 'engine fp32' is the default "
-        "(`--precision auto` is fp32), 'engine bf16' is `--precision bf16` (autocast).",
+        "`trainer.accuracy` as `jade train` runs them (gradient clipping, finite checks and "
+        f"metrics included), eval batch {EVAL_BATCH}; 'engine fp32' is `--precision fp32`, "
+        "'engine bf16' is `--precision bf16` (autocast; what `--precision auto` picks where "
+        "bf16 is native).",
         "",
         "Setups: " + "; ".join(f"**{k}**: {v}" for k, v in SETUPS.items() if k in args.setups),
         "",

@@ -1,29 +1,39 @@
 """The `jade` command line: thin Typer commands over the engine.
 
-Each command turns its flags into a typed config and calls one engine function. Every problem a
-user can fix surfaces as `error: <one line>` on stderr and a non-zero exit code (1, or 2 for a bad
-flag value), never a traceback.
+Each command's options are the fields of its config dataclass (`jadecli.config`): Typer parses
+them, their values reach the config by field name, and the command calls one engine function.
+Every problem a user can fix surfaces as `error: <one line>` on stderr and a non-zero exit code
+(1, or 2 for a bad flag value), never a traceback.
 
     jade train --primary synth-street --auxiliary synth-hand --n-labeled 100 --out runs/demo
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import Field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from typer.core import TyperGroup
 
 from jadecli import __version__
-from jadecli.config import EvaluateConfig as EvalCfg
-from jadecli.config import LatentsConfig as LatCfg
-from jadecli.config import ReconstructConfig as RecCfg
-from jadecli.config import RunSource, help_for
-from jadecli.errors import JadeError
+from jadecli.config import (
+    RUN,
+    ConfigError,
+    EvaluateConfig,
+    LatentsConfig,
+    ReconstructConfig,
+    TrainConfig,
+    help_for,
+    option_fields,
+)
+from jadecli.errors import JadeError, UsageError
 
 
 class JadeGroup(TyperGroup):
@@ -87,190 +97,192 @@ def _root(
     """Train and analyse JADE models."""
 
 
-DATA, MODEL, AUG, OBJ, OPT, RUN = (
-    "Data",
-    "Model",
-    "Augmentation",
-    "Objective",
-    "Optimisation",
-    "Run",
-)
+# --------------------------------------------------------------------------- options from configs
 
 
-def _o(name: str, panel: str, **kw: Any) -> Any:
-    return typer.Option(help=help_for(name), rich_help_panel=panel, show_default=False, **kw)
+def _cli_type(f: Field[Any]) -> Any:
+    """The type Typer parses an option of config field `f` as (None = not given)."""
+    kind = str(f.type)
+    if f.metadata["argument"]:
+        return Path
+    if kind.startswith("bool"):
+        return bool | None
+    if kind.startswith("Path"):
+        return Path | None
+    if kind.startswith("int | str") or f.metadata["parse"] is not None:
+        return str | None  # "all" or a count; a value with its own parser (85%)
+    if kind.startswith("int"):
+        return int | None
+    if kind.startswith("float"):
+        return float | None
+    return str | None
 
 
-def _default_out(primary: str, auxiliary: str | None, model: str) -> Path:
+def _is_run(f: Field[Any]) -> bool:
+    return bool(f.metadata["group"] == RUN)
+
+
+def _option_parameters(cls: Any) -> list[inspect.Parameter]:
+    """One keyword parameter per option field of config class `cls`, for Typer."""
+    params = []
+    # the argument first, then the command's own options, then the shared "Run" panel
+    order = sorted(option_fields(cls), key=lambda f: (not f.metadata["argument"], _is_run(f)))
+    for f in order:
+        meta = f.metadata
+        if meta["argument"]:
+            info: Any = typer.Argument(
+                metavar=meta["metavar"], help=meta["help"], show_default=False
+            )
+        else:
+            info = typer.Option(
+                help=help_for(f),
+                rich_help_panel=meta["group"],
+                metavar=meta["metavar"],
+                show_default=False,
+            )
+        default = inspect.Parameter.empty if meta["argument"] else None
+        annotation = Annotated[_cli_type(f), info]
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+            )
+        )
+    return params
+
+
+def config_command(cls: Any, **command: Any) -> Callable[[Callable[..., None]], Any]:
+    """Register a command whose options are the option fields of config class `cls` (before
+    the function's own keyword options); their values reach the function's `**values` by field
+    name, None for an option not given."""
+
+    def register(func: Callable[..., None]) -> Any:
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        lead = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]  # ctx
+        tail = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        params = [*lead, *_option_parameters(cls), *tail]
+        func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return app.command(**command)(func)
+
+    return register
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _argv(ctx: typer.Context) -> list[str]:
+    return list(ctx.meta.get("jade.argv", []))
+
+
+# --------------------------------------------------------------------------- jade train
+
+
+def _default_out(cfg: TrainConfig) -> Path:
     def slug(text: str) -> str:
         text = Path(text[len("folder:") :]).name if text.startswith("folder:") else text
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "data"
 
-    parts = [model, slug(primary)] + ([slug(auxiliary)] if auxiliary and model != "single" else [])
+    parts = [cfg.model, slug(cfg.primary)]
+    if cfg.auxiliary and cfg.uses_auxiliary:
+        parts.append(slug(cfg.auxiliary))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{'-'.join(parts)}-{stamp}"
 
 
-@app.command(no_args_is_help=True)
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="paper",
+        rich_help_panel=RUN,
+        help="Start from a named set of defaults: 'paper' is the recipe of the authors' 2017 "
+        "code (paper CNNs, no augmentation, summed ELBO, CE weights 1e4/1e5 for jade and 10/100 "
+        "for paired and single, Adam beta_1 0.1, lr x0.3/x0.1 steps, 300 epochs of the whole "
+        "auxiliary set, dropout 0.5). Precedence: defaults < preset < --config < flags.",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE.yaml",
+        rich_help_panel=RUN,
+        help="YAML file of option values (keys as the flags, without '--'). Precedence: "
+        "code defaults < this file < flags.",
+    ),
+]
+RunOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        metavar="DIR",
+        rich_help_panel=RUN,
+        help="Run folder to create. Default: runs/<model>-<primary>-<auxiliary>-<time>. An "
+        "existing non-empty folder is refused unless --resume or --overwrite.",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        rich_help_panel=RUN,
+        help="Continue the run in --out from checkpoints/last.pt, with its saved config "
+        "(--epochs may be raised to train longer, at the learning rate the schedule ended with).",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        rich_help_panel=RUN,
+        help="Delete the jadecli run already in --out and start afresh.",
+    ),
+]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        rich_help_panel=RUN,
+        help="Live progress bars in a terminal (plain per-epoch lines otherwise).",
+    ),
+]
+# `jade train`'s options that say how to run, not what to compute (not TrainConfig fields).
+RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "progress")
+
+
+@config_command(TrainConfig, no_args_is_help=True)
 def train(
     ctx: typer.Context,
-    primary: Annotated[str | None, _o("primary", DATA)] = None,
-    auxiliary: Annotated[str | None, _o("auxiliary", DATA)] = None,
-    n_labeled: Annotated[str | None, _o("n_labeled", DATA, metavar="N|all")] = None,
-    labeled_selection: Annotated[str | None, _o("labeled_selection", DATA)] = None,
-    aux_per_class: Annotated[int | None, _o("aux_per_class", DATA, metavar="K")] = None,
-    data_dir: Annotated[str | None, _o("data_dir", DATA, metavar="DIR")] = None,
-    download: Annotated[bool | None, _o("download", DATA)] = None,
-    primary_size: Annotated[int | None, _o("primary_size", DATA, metavar="SIZE")] = None,
-    auxiliary_size: Annotated[int | None, _o("auxiliary_size", DATA, metavar="SIZE")] = None,
-    primary_pad: Annotated[int | None, _o("primary_pad", DATA, metavar="P")] = None,
-    auxiliary_pad: Annotated[int | None, _o("auxiliary_pad", DATA, metavar="P")] = None,
-    model: Annotated[str | None, _o("model", MODEL, metavar="single|paired|jade")] = None,
-    arch: Annotated[str | None, _o("arch", MODEL, metavar="shared|paper")] = None,
-    content_dim: Annotated[int | None, _o("content_dim", MODEL)] = None,
-    style_dim: Annotated[int | None, _o("style_dim", MODEL)] = None,
-    hidden_dim: Annotated[int | None, _o("hidden_dim", MODEL)] = None,
-    dropout: Annotated[float | None, _o("dropout", MODEL)] = None,
-    augment: Annotated[str | None, _o("augment", AUG, metavar="none|primary|all")] = None,
-    aug_shift: Annotated[float | None, _o("aug_shift", AUG)] = None,
-    aug_rotate: Annotated[float | None, _o("aug_rotate", AUG)] = None,
-    aug_scale: Annotated[float | None, _o("aug_scale", AUG)] = None,
-    aug_color: Annotated[float | None, _o("aug_color", AUG)] = None,
-    style_mix: Annotated[float | None, _o("style_mix", AUG, metavar="P")] = None,
-    loss_scale: Annotated[str | None, _o("loss_scale", OBJ, metavar="per-pixel|sum")] = None,
-    recon_weight: Annotated[float | None, _o("recon_weight", OBJ)] = None,
-    kl_weight: Annotated[float | None, _o("kl_weight", OBJ)] = None,
-    match_weight: Annotated[float | None, _o("match_weight", OBJ)] = None,
-    aux_ce_weight: Annotated[float | None, _o("aux_ce_weight", OBJ)] = None,
-    primary_ce_weight: Annotated[float | None, _o("primary_ce_weight", OBJ)] = None,
-    epochs: Annotated[int | None, _o("epochs", OPT)] = None,
-    epoch_size: Annotated[str | None, _o("epoch_size", OPT, metavar="N|all")] = None,
-    batch_size: Annotated[int | None, _o("batch_size", OPT)] = None,
-    lr: Annotated[float | None, _o("lr", OPT)] = None,
-    lr_schedule: Annotated[
-        str | None, _o("lr_schedule", OPT, metavar="constant|step|cosine")
-    ] = None,
-    adam_beta1: Annotated[float | None, _o("adam_beta1", OPT)] = None,
-    grad_clip: Annotated[float | None, _o("grad_clip", OPT)] = None,
-    seed: Annotated[int | None, _o("seed", OPT)] = None,
-    device: Annotated[str | None, _o("device", RUN)] = None,
-    precision: Annotated[str | None, _o("precision", RUN, metavar="auto|fp32|bf16")] = None,
-    eval_every: Annotated[int | None, _o("eval_every", RUN)] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            metavar="paper",
-            rich_help_panel=RUN,
-            help="Start from a named set of defaults: 'paper' is the 2017 recipe of reference.md "
-            "(paper CNNs, no augmentation, summed ELBO, CE weights 1e4/1e5 for jade and 10/100 "
-            "for paired and single, Adam beta_1 0.1, lr x0.3/x0.1 steps, 300 epochs of the whole "
-            "auxiliary set, dropout 0.5). Precedence: defaults < preset < --config < flags.",
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE.yaml",
-            rich_help_panel=RUN,
-            help="YAML file of option values (keys as the flags, without '--'). Precedence: "
-            "code defaults < this file < flags.",
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="DIR",
-            rich_help_panel=RUN,
-            help="Run folder to create. Default: runs/<model>-<primary>-<auxiliary>-<time>. An "
-            "existing non-empty folder is refused unless --resume or --overwrite.",
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            rich_help_panel=RUN,
-            help="Continue the run in --out from checkpoints/last.pt, with its saved config "
-            "(--epochs may be raised to train longer).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            rich_help_panel=RUN,
-            help="Delete the jadecli run already in --out and start afresh.",
-        ),
-    ] = False,
-    progress: Annotated[
-        bool,
-        typer.Option(
-            "--progress/--no-progress",
-            rich_help_panel=RUN,
-            help="Live progress bars in a terminal (plain per-epoch lines otherwise).",
-        ),
-    ] = True,
+    *,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
+    **flags: Any,
 ) -> None:
     """Train a single classifier, a paired classifier or a JADE model; writes a run folder."""
-    from jadecli.engine import RunOptions, resolve_config
-    from jadecli.engine import train as run_training
-    from jadecli.errors import UsageError
+    from jadecli import engine
+    from jadecli.config import requested_changes, resolve_train_config
     from jadecli.progress import make_reporter
 
-    flags = {
-        "primary": primary,
-        "auxiliary": auxiliary,
-        "n_labeled": n_labeled,
-        "labeled_selection": labeled_selection,
-        "aux_per_class": aux_per_class,
-        "data_dir": data_dir,
-        "download": download,
-        "primary_size": primary_size,
-        "auxiliary_size": auxiliary_size,
-        "primary_pad": primary_pad,
-        "auxiliary_pad": auxiliary_pad,
-        "model": model,
-        "arch": arch,
-        "content_dim": content_dim,
-        "style_dim": style_dim,
-        "hidden_dim": hidden_dim,
-        "dropout": dropout,
-        "augment": augment,
-        "aug_shift": aug_shift,
-        "aug_rotate": aug_rotate,
-        "aug_scale": aug_scale,
-        "aug_color": aug_color,
-        "style_mix": style_mix,
-        "loss_scale": loss_scale,
-        "recon_weight": recon_weight,
-        "kl_weight": kl_weight,
-        "match_weight": match_weight,
-        "aux_ce_weight": aux_ce_weight,
-        "primary_ce_weight": primary_ce_weight,
-        "epochs": epochs,
-        "epoch_size": epoch_size,
-        "batch_size": batch_size,
-        "lr": lr,
-        "lr_schedule": lr_schedule,
-        "adam_beta1": adam_beta1,
-        "grad_clip": grad_clip,
-        "seed": seed,
-        "device": device,
-        "precision": precision,
-        "eval_every": eval_every,
-    }
-    argv = ctx.meta.get("jade.argv", [])
-    if resume and out is None:
-        raise UsageError("--resume needs --out: the run folder to continue")
-    options = RunOptions(out=out or Path("."), resume=resume, overwrite=overwrite, command=argv)
-    cfg = resolve_config(flags, config, options, preset)
-    if out is None:
-        options.out = _default_out(cfg.primary, cfg.auxiliary, cfg.model)
-    reporter = make_reporter(progress)
-    try:
-        result = run_training(cfg, options, reporter)
-    finally:
-        reporter.close()
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out: the run folder to continue")
+        if preset is not None:
+            raise UsageError(
+                f"--preset {preset} applies to new runs; a resumed run keeps its saved config"
+            )
+        options = engine.RunOptions(out, overwrite, _argv(ctx))
+        result = engine.resume(options, requested_changes(flags, config), make_reporter(progress))
+    else:
+        cfg = resolve_train_config(flags, config, preset)
+        options = engine.RunOptions(out or _default_out(cfg), overwrite, _argv(ctx))
+        result = engine.train(cfg, options, make_reporter(progress))
     if result.already_complete:
         typer.echo(
             f"{result.run_dir} already completed {result.epochs_completed} epochs; nothing to "
@@ -291,33 +303,18 @@ def train(
 
 # --------------------------------------------------------------------------- analysis
 
-RunArg = Annotated[
-    Path,
-    typer.Argument(
-        metavar="RUN",
-        help="A run folder written by 'jade train'.",
-        show_default=False,
-    ),
-]
 FORMATS = ("table", "json", "yaml")
-
-
-def _a(cls: Any, name: str, panel: str = "Options", **kw: Any) -> Any:
-    return typer.Option(help=help_for(name, cls), rich_help_panel=panel, show_default=False, **kw)
-
-
-def _check_format(value: str) -> str:
-    from jadecli.config import ConfigError
-
-    if value not in FORMATS:
-        raise ConfigError("format", f"must be one of {', '.join(FORMATS)} (got {value!r})")
-    return value
-
-
 FORMAT_HELP = (
     "table: a readable summary; json or yaml: the full result on stdout (messages stay on "
     "stderr), e.g. for jq in CI scripts."
 )
+FormatOpt = Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)]
+
+
+def _check_format(value: str) -> str:
+    if value not in FORMATS:
+        raise ConfigError("format", f"must be one of {', '.join(FORMATS)} (got {value!r})")
+    return value
 
 
 def _emit(report: dict[str, Any], fmt: str) -> bool:
@@ -335,77 +332,8 @@ def _emit(report: dict[str, Any], fmt: str) -> bool:
     return False
 
 
-def _parse_fraction(value: str | None) -> float | None:
-    """`0.85` or `85%` -> 0.85; anything else names the flag."""
-    from jadecli.config import ConfigError
-
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ConfigError(
-            "min_accuracy", f"must be a fraction (0.85) or a percentage (85%) (got {value!r})"
-        ) from None
-    if not text.endswith("%") and number > 1:
-        raise ConfigError(
-            "min_accuracy",
-            f"{value} is not a fraction in [0, 1]; for a percentage write {value}%",
-        )
-    return number
-
-
-SRC = "Run"
-# Options every analysis command shares (fields of RunSource), declared once.
-FormatOpt = Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)]
-CheckpointOpt = Annotated[Path | None, _a(RunSource, "checkpoint", SRC, metavar="PATH")]
-DataDirOpt = Annotated[str | None, _a(RunSource, "data_dir", SRC, metavar="DIR")]
-DeviceOpt = Annotated[str, _a(RunSource, "device", SRC)]
-PrecisionOpt = Annotated[str, _a(RunSource, "precision", SRC, metavar="auto|fp32|bf16")]
-BatchSizeOpt = Annotated[int, _a(RunSource, "batch_size", SRC)]
-OutOpt = Annotated[Path | None, _a(RunSource, "out", SRC, metavar="DIR")]
-
-
-def _source(
-    ctx: typer.Context,
-    run: Path,
-    checkpoint: Path | None,
-    data_dir: str | None,
-    device: str,
-    precision: str,
-    batch_size: int,
-    out: Path | None,
-) -> dict[str, Any]:
-    """The run-source options every analysis command shares (fields of RunSource)."""
-    return {
-        "run": run,
-        "checkpoint": checkpoint,
-        "data_dir": data_dir,
-        "device": device,
-        "precision": precision,
-        "batch_size": batch_size,
-        "out": out,
-        "command": ctx.meta.get("jade.argv", []),
-    }
-
-
-@app.command(no_args_is_help=True)
-def evaluate(
-    ctx: typer.Context,
-    run: RunArg,
-    split: Annotated[str, _a(EvalCfg, "split", metavar="SPLIT")] = "test",
-    test_limit: Annotated[int | None, _a(EvalCfg, "test_limit", metavar="N")] = None,
-    min_accuracy: Annotated[str | None, _a(EvalCfg, "min_accuracy", metavar="X")] = None,
-    fmt: FormatOpt = "table",
-    seed: Annotated[int, _a(EvalCfg, "seed")] = 0,
-    checkpoint: CheckpointOpt = None,
-    data_dir: DataDirOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchSizeOpt = 100,
-    out: OutOpt = None,
-) -> None:
+@config_command(EvaluateConfig, no_args_is_help=True)
+def evaluate(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
     """Accuracy, per-class accuracy, confusion matrices, NLL and (JADE) the test ELBO of a run."""
     from jadecli.analysis.evaluate import evaluate as run_eval
     from jadecli.cli_output import print_evaluation
@@ -413,13 +341,7 @@ def evaluate(
     from jadecli.progress import PlainReporter
 
     _check_format(fmt)
-    cfg = EvalCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
-        split=split,
-        test_limit=test_limit,
-        min_accuracy=_parse_fraction(min_accuracy),
-        seed=seed,
-    )
+    cfg = EvaluateConfig(**_given(values), command=_argv(ctx))
     result = run_eval(cfg, PlainReporter())
     if not _emit(result.report, fmt):
         print_evaluation(result.report)
@@ -431,25 +353,8 @@ def evaluate(
         )
 
 
-@app.command("inspect-latents", no_args_is_help=True)
-def inspect_latents(
-    ctx: typer.Context,
-    run: RunArg,
-    dataset: Annotated[str, _a(LatCfg, "dataset", metavar="primary|auxiliary|both")] = "primary",
-    split: Annotated[str, _a(LatCfg, "split", metavar="SPLIT")] = "test",
-    test_limit: Annotated[int | None, _a(LatCfg, "test_limit", metavar="N")] = None,
-    probe: Annotated[
-        bool, typer.Option("--probe/--no-probe", help=help_for("probe", LatCfg))
-    ] = True,
-    fmt: FormatOpt = "table",
-    seed: Annotated[int, _a(LatCfg, "seed")] = 0,
-    checkpoint: CheckpointOpt = None,
-    data_dir: DataDirOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchSizeOpt = 100,
-    out: OutOpt = None,
-) -> None:
+@config_command(LatentsConfig, name="inspect-latents", no_args_is_help=True)
+def inspect_latents(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
     """Variance of each latent dimension within a class vs over all classes (the paper's
     Figure 2, measured), the disentanglement ratio, and held-out probes.
 
@@ -461,37 +366,14 @@ def inspect_latents(
     from jadecli.progress import PlainReporter
 
     _check_format(fmt)
-    cfg = LatCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
-        dataset=dataset,
-        split=split,
-        test_limit=test_limit,
-        seed=seed,
-        probe=probe,
-    )
+    cfg = LatentsConfig(**_given(values), command=_argv(ctx))
     result = run_latents(cfg, PlainReporter())
     if not _emit(result.report, fmt):
         print_latents(result.report)
 
 
-@app.command(no_args_is_help=True)
-def reconstruct(
-    ctx: typer.Context,
-    run: RunArg,
-    n: Annotated[int, _a(RecCfg, "n")] = 8,
-    seed: Annotated[int, _a(RecCfg, "seed")] = 0,
-    split: Annotated[str, _a(RecCfg, "split", metavar="SPLIT")] = "test",
-    traverse: Annotated[str | None, _a(RecCfg, "traverse", metavar="DIMS")] = None,
-    traverse_range: Annotated[float, _a(RecCfg, "traverse_range", metavar="R")] = 3.0,
-    traverse_steps: Annotated[int, _a(RecCfg, "traverse_steps")] = 7,
-    fmt: FormatOpt = "table",
-    checkpoint: CheckpointOpt = None,
-    data_dir: DataDirOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchSizeOpt = 100,
-    out: OutOpt = None,
-) -> None:
+@config_command(ReconstructConfig, no_args_is_help=True)
+def reconstruct(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
     """Image grids from a JADE run: reconstructions, style/content swaps within and across
     datasets, and (--traverse) one latent dimension varied at a time."""
     from jadecli.analysis.reconstruct import reconstruct as run_recon
@@ -499,15 +381,7 @@ def reconstruct(
     from jadecli.progress import PlainReporter
 
     _check_format(fmt)
-    cfg = RecCfg(
-        **_source(ctx, run, checkpoint, data_dir, device, precision, batch_size, out),
-        n=n,
-        seed=seed,
-        split=split,
-        traverse=traverse,
-        traverse_range=traverse_range,
-        traverse_steps=traverse_steps,
-    )
+    cfg = ReconstructConfig(**_given(values), command=_argv(ctx))
     result = run_recon(cfg, PlainReporter())
     if not _emit(result.report, fmt):
         print_reconstruct(result.report)

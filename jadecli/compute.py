@@ -1,14 +1,16 @@
-"""Where the arithmetic runs: precision, memory layout, CPU threads and the image input path.
+"""Where the arithmetic runs: device, precision, memory layout, CPU threads and the input path.
 
 One module decides these for training and for the analysis commands alike, so a run is
 evaluated exactly the way it was trained (same layout, same precision, same batch size):
 
+- **Device.** `auto` is CUDA, then Apple's MPS, then the CPU; asking for a device that is not
+  there is an error, never a silent fallback.
 - **Layout.** Convolutions run channels-last (NHWC) on CPU and CUDA: oneDNN and cuDNN have
   faster kernels for it (training 1.9x, inference 2-4x on this project's 2-core Xeon).
-- **Precision.** `auto` is fp32 for now (see AUTO_BF16); `bf16` is autocast, fastest where the
-  hardware does bf16 natively (CUDA GPUs with bf16 support; CPUs with AMX tiles). Weights,
-  optimiser state and every loss term stay fp32; only convolutions and matrix products run in
-  bf16.
+- **Precision.** `auto` is bf16 where the hardware computes it natively (CUDA GPUs with bf16
+  support; CPUs with AMX tiles), else fp32; `bf16` is autocast. Weights, optimiser state and
+  every loss term stay fp32; only convolutions and matrix products run in bf16. The analysis
+  commands' `auto` is the precision the run trained in (`analysis_precision`).
 - **Threads.** torch's default thread count is the number of physical cores, which overcounts
   inside containers pinned to fewer CPUs; `configure_threads` caps it at the CPUs this process
   may run on, unless the user set OMP_NUM_THREADS.
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from jadecli.errors import UsageError
+from jadecli.errors import JadeError, UsageError
 
 # Images per forward pass when evaluating: best measured on CPU (batch 100 runs 1.6x faster
 # than 500 for the paper's SVHN encoder, as the activations then stay in cache).
@@ -36,6 +38,33 @@ EVAL_BATCH = 100
 # quickstart 16 points (48.0% vs 64.4%), so it was off; with the per-pixel loss scale and
 # O(1) weights of the current recipe it is on (see benchmarks/results/accuracy.md).
 AUTO_BF16 = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device auto|cpu|cuda|cuda:N|mps` -> the device; one that is not here is an error."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise JadeError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, no usable GPU); use --device cpu or --device auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise JadeError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not has_mps:
+            raise JadeError("--device mps: Apple's MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -59,6 +88,19 @@ def resolve_precision(
     if requested == "bf16" and not native_bf16(device) and warn is not None:
         warn(f"{device.type} has no native bf16 here: bf16 will be emulated and slower than fp32")
     return requested
+
+
+def analysis_precision(
+    requested: str, trained: str, device: torch.device, warn: Callable[[str], None]
+) -> str:
+    """The precision an analysis command computes in. `auto` is the run's own (`trained`), so
+    evaluate repeats the accuracy training recorded, emulated bf16 included; fp32 where this
+    device has no bf16 at all (MPS, GPUs without bf16)."""
+    if requested != "auto":
+        return resolve_precision(requested, device, warn)
+    if trained == "bf16" and (device.type == "cpu" or native_bf16(device)):
+        return resolve_precision("bf16", device, warn)
+    return "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:

@@ -1,9 +1,17 @@
-"""Typed configuration for `jade train`: code defaults < `--config FILE.yaml` < flags.
+"""Typed configuration for every command: one declaration per option.
 
-Each field's `help` metadata is the `--help` text of its flag, so the documentation and the code
-cannot drift apart. `TrainConfig.__post_init__` rejects bad values with a message that names the
-flag; `resolve_train_config` merges the three layers and, when a bad value came from the YAML
-file, names the key and the file instead.
+Each field of a config dataclass is declared once with `opt(...)`: its default, its `--help`
+text, its help panel, and the rule its values must follow (a list of choices, a range, or a check
+function). Everything else is derived from that declaration:
+
+- the command-line options (`jadecli.cli` builds each command's options from these fields, so a
+  field cannot lack a flag, nor a flag a field);
+- validation (`check_fields`, the one table of choices and ranges, run by `__post_init__`), with
+  messages that name the flag;
+- the keys of `--config FILE.yaml` and of the saved config in a run's manifest.
+
+`jade train` merges code defaults < `--preset` < `--config FILE.yaml` < flags
+(`resolve_train_config`); a bad value that came from the YAML file names the key and the file.
 
     python -c "from jadecli.config import TrainConfig as C; print(C(primary='mnist', \
 n_labeled=100, auxiliary='synth-hand'))"
@@ -13,7 +21,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,10 @@ RESUME_OVERRIDABLE = frozenset(
     {"epochs", "device", "precision", "data_dir", "download", "eval_every"}
 )
 
+# Help panels of `jade train --help`, in the order they appear.
+DATA, MODEL, AUG, OBJ = "Data", "Model", "Augmentation", "Objective"
+OPT, RUN = "Optimisation", "Run"
+
 
 class ConfigError(UsageError):
     """A bad configuration value; `field` is the config key it belongs to."""
@@ -49,294 +62,136 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field whose `help` metadata is its flag's --help text."""
-    return field(default=default, metadata={"help": help})
+# --------------------------------------------------------------------------- declaring options
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides what `jade train` computes (saved in the run's manifest)."""
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: lo <= value <= hi (`open_lo`/`open_hi` make that end strict)."""
 
-    # --- data ---
-    primary: str = opt(
-        "",
-        "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
-        "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
-    )
-    auxiliary: str | None = opt(
-        None,
-        "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
-        "Required for --model paired and jade.",
-    )
-    n_labeled: int | str | None = opt(
-        None,
-        "Labeled primary training images to use: a multiple of the number of classes, drawn "
-        "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
-    )
-    labeled_selection: str = opt(
-        "random",
-        "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
-        "(the first images of each class, as in the paper).",
-    )
-    aux_per_class: int | None = opt(
-        None,
-        "Use only the first K auxiliary training images of each class (the paper: 4500). "
-        "Default: all of them.",
-    )
-    data_dir: str | None = opt(
-        None,
-        "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
-        "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
-    )
-    download: bool = opt(
-        False,
-        "Try torchvision's download when dataset files are missing (default: off; without it a "
-        "missing file is an error that says where to put it).",
-    )
-    primary_size: int | None = opt(
-        None,
-        "Resize primary images to SIZE x SIZE. Default: keep their size (image folders whose "
-        "images differ in size are resized to the most common size).",
-    )
-    auxiliary_size: int | None = opt(
-        None, "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size."
-    )
-    primary_pad: int = opt(
-        0,
-        "Add P black pixels on every side of each primary image, after resizing: lets digits "
-        "sit where the auxiliary's do (USPS fills its frame, MNIST keeps a 4-pixel margin: "
-        "--primary-size 20 --primary-pad 4).",
-    )
-    auxiliary_pad: int = opt(
-        0,
-        "The same for auxiliary images (MNIST into MNIST-M's 32x32 frame: --auxiliary-pad 2).",
-    )
-    # --- model ---
-    arch: str = opt(
-        "shared",
-        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm) for both datasets, so the "
-        "auxiliary's labels train the convolutions the primary uses; the primary is resized "
-        "to the auxiliary's size and a grey dataset beside a colour one gets 3 channels. "
-        "paper: the paper's two separate CNNs (reference.md).",
-    )
-    model: str = opt(
-        "jade",
-        "single: primary CNN + classifier. paired: both datasets' CNN features (one CNN with "
-        "--arch shared) into one shared classifier. jade: a VAE per dataset whose content "
-        "latents share the classifier.",
-    )
-    content_dim: int = opt(
-        10,
-        "Size of the content latent (jade), which alone feeds the classifier; also the size of "
-        "the single/paired bottleneck.",
-    )
-    style_dim: int = opt(10, "Size of the style latent of each jade VAE (decoder input only).")
-    hidden_dim: int = opt(500, "Width of the shared classifier's three hidden layers.")
-    dropout: float = opt(
-        0.0,
-        "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
-        "learning a lot in short schedules).",
-    )
-    # --- augmentation (training batches only) ---
-    augment: str = opt(
-        "all",
-        "Which training images get random shifts, rotations, zooms (and colour jitter for "
-        "colour images): none, primary (the labeled set) or all.",
-    )
-    aug_shift: float = opt(0.1, "Largest random shift, as a fraction of the image side.")
-    aug_rotate: float = opt(10.0, "Largest random rotation, in degrees.")
-    aug_scale: float = opt(0.1, "Largest random zoom in or out (0.1: 90% to 110%).")
-    aug_color: float = opt(
-        0.3,
-        "Colour jitter strength for 3-channel images (saturation, per-channel gain, contrast; "
-        "half the images also get their channels permuted); 0 disables it.",
-    )
-    style_mix: float | None = opt(
-        None,
-        "Fraction of auxiliary training images redrawn in the primary's style: |T - x| with T "
-        "a labeled primary image whose tiles are shuffled (its colours and texture, not its "
-        "digit), as MNIST-M was made from MNIST. Default: 0.5 when the primary is colour and "
-        "the auxiliary grey (grey auxiliary images then get 3 channels), else 0.",
-    )
-    # --- objective (reference.md, equation 2) ---
-    loss_scale: str = opt(
-        "per-pixel",
-        "per-pixel: divide each dataset's ELBO terms (reconstruction, KL, matching) by its number "
-        "of pixel values, so the weights below mean the same for 16x16 grey and 32x32 colour "
-        "images; sum: nats summed over pixels, as in the paper (whose CE weights were 1e4/1e5).",
-    )
-    recon_weight: float = opt(
-        1.0, "Weight of each image's reconstruction cross-entropy (summed over pixels)."
-    )
-    kl_weight: float = opt(1.0, "Weight of the KL terms to the N(0, I) prior (style; aux content).")
-    match_weight: float = opt(
-        100.0,
-        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching "
-        "(with --loss-scale per-pixel it is divided by the primary's pixel values too).",
-    )
-    aux_ce_weight: float = opt(1.0, "Weight of the auxiliary classification cross-entropy.")
-    primary_ce_weight: float = opt(1.0, "Weight of the primary classification cross-entropy.")
-    # --- optimisation ---
-    epochs: int = opt(10, "Training epochs.")
-    epoch_size: int | str = opt(
-        10000,
-        "Training examples per epoch: pairs for paired/jade, labeled images for single (drawn by "
-        "cycling through shuffled data), or 'all' for one pass over the auxiliary set (single: "
-        "over the labeled set), as in the paper.",
-    )
-    batch_size: int = opt(100, "Pairs (or labeled images for single) per optimisation step.")
-    lr: float = opt(1e-3, "Peak learning rate of Adam.")
-    lr_schedule: str = opt(
-        "cosine",
-        "constant; step (x0.3 after 1/3 and x0.1 after 2/3 of training, as in the paper); or "
-        "cosine (decay to 1/100 of --lr).",
-    )
-    adam_beta1: float = opt(0.9, "Adam's beta_1 (the paper used 0.1).")
-    grad_clip: float = opt(
-        100.0, "Clip the gradient's global norm to this value (0 disables clipping)."
-    )
-    seed: int = opt(0, "Seed for the labeled subset, pairing, initialisation and dropout.")
-    device: str = opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
-    precision: str = opt(
-        "auto",
-        "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
-        "stay fp32; 2-3x faster on CPUs with AMX and on CUDA); or auto (bf16 where the device "
-        "computes it natively, else fp32).",
-    )
-    eval_every: int = opt(
-        1,
-        "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
-        "choose a model.",
-    )
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
 
-    def __post_init__(self) -> None:
-        self._normalise()
-        self._validate()
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.open_lo else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
 
-    # Values may come from YAML as strings ("1e-3" is a string in YAML 1.1) or from flags.
-    def _normalise(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, f.type, value))
-
-    def _validate(self) -> None:
-        if not self.primary:
-            raise ConfigError("primary", "is required: the few-label dataset, e.g. --primary svhn")
-        if self.model not in MODELS:
-            raise ConfigError("model", f"must be one of {', '.join(MODELS)} (got {self.model!r})")
-        if self.n_labeled is None:
-            raise ConfigError("n_labeled", "is required: e.g. --n-labeled 1000, or --n-labeled all")
-        if self.model != "single" and not self.auxiliary:
-            raise ConfigError(
-                "auxiliary", f"is required for --model {self.model}, e.g. --auxiliary mnist"
-            )
-        _positive_or_all("n_labeled", self.n_labeled)
-        _positive_or_all("epoch_size", self.epoch_size)
-        for name, allowed in (
-            ("labeled_selection", LABELED_SELECTIONS),
-            ("lr_schedule", LR_SCHEDULES),
-            ("arch", ARCHES),
-            ("augment", AUGMENTS),
-            ("loss_scale", LOSS_SCALES),
-        ):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
-        if self.style_mix is not None and not (
-            math.isfinite(self.style_mix) and 0 <= self.style_mix <= 1
-        ):
-            raise ConfigError("style_mix", f"must be between 0 and 1 (got {self.style_mix})")
-        for name in ("aug_shift", "aug_scale", "aug_color"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and 0 <= value <= 0.5):
-                raise ConfigError(name, f"must be between 0 and 0.5 (got {value})")
-        if not (math.isfinite(self.aug_rotate) and 0 <= self.aug_rotate <= 180):
-            raise ConfigError(
-                "aug_rotate", f"must be between 0 and 180 degrees (got {self.aug_rotate})"
-            )
-        for name in ("primary_pad", "auxiliary_pad"):
-            value = getattr(self, name)
-            if not 0 <= value <= 64:
-                raise ConfigError(name, f"must be between 0 and 64 pixels (got {value})")
-        for name in ("aux_per_class", "primary_size", "auxiliary_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(name, f"must be a positive integer (got {value})")
-        for name in ("content_dim", "style_dim", "hidden_dim", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(name, f"must be a positive integer (got {value})")
-        if self.eval_every < 0:
-            raise ConfigError(
-                "eval_every", f"must be 0 or a positive integer (got {self.eval_every})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout", f"must be in [0, 1) (got {self.dropout})")
-        if not 0.0 <= self.adam_beta1 < 1.0:
-            raise ConfigError("adam_beta1", f"must be in [0, 1) (got {self.adam_beta1})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("lr", f"must be a positive number (got {self.lr})")
-        for name in (
-            "recon_weight",
-            "kl_weight",
-            "match_weight",
-            "aux_ce_weight",
-            "primary_ce_weight",
-            "grad_clip",
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(name, f"must be a finite number >= 0 (got {value})")
-        if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
-            raise ConfigError(
-                "primary_ce_weight",
-                "and --aux-ce-weight are both 0: the classifier would not train",
-            )
-        _check_precision(self.precision)
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
-            raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (str/int/float/bool/None) for the manifest and checkpoints."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**{**LEGACY_DEFAULTS, **data})
+    def describe(self, integer: bool) -> str:
+        lo = f"{self.lo:g}" if self.lo is not None else ""
+        if self.hi is None:
+            if integer:
+                return "a positive integer" if self.lo == 1 else f"{lo} or a positive integer"
+            return "a positive number" if self.open_lo else f"a finite number >= {lo}"
+        hi = f"{self.hi:g}"
+        if not (self.open_lo or self.open_hi):
+            return f"between {lo} and {hi}"
+        return f"in {'(' if self.open_lo else '['}{lo}, {hi}{')' if self.open_hi else ']'}"
 
 
-def _check_precision(value: str) -> None:
-    """`--precision` of `jade train` and of the analysis commands."""
-    if value not in PRECISIONS:
-        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)} (got {value!r})")
+POSITIVE = Range(1)  # counts and sizes
+NON_NEGATIVE = Range(0)  # loss weights, clipping
+FRACTION = Range(0, 1)
 
 
-def _is_cuda_index(dev: str) -> bool:
-    prefix, _, index = dev.partition(":")
-    return prefix == "cuda" and index.isdigit()
+def opt(
+    default: Any,
+    help: str,
+    *,
+    group: str = "Options",
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    range: Range | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    argument: bool = False,
+) -> Any:
+    """A config field and everything its command-line option needs.
+
+    `choices`, `range` and `check` (value -> problem or None) are the rules `check_fields`
+    enforces; `parse` turns the option's text into the value (e.g. `85%` -> 0.85); `argument`
+    makes it a positional argument instead of an option."""
+    meta = {
+        "help": help,
+        "group": group,
+        "metavar": metavar,
+        "choices": choices,
+        "range": range,
+        "check": check,
+        "parse": parse,
+        "argument": argument,
+    }
+    return field(default=default, metadata=meta)
 
 
-def _positive_or_all(name: str, value: int | str) -> None:
-    if isinstance(value, str):
-        if value != "all":
-            raise ConfigError(name, f"must be a positive integer or 'all' (got {value!r})")
-    elif value < 1:
-        raise ConfigError(name, f"must be a positive integer or 'all' (got {value})")
+def internal(default_factory: Callable[[], Any]) -> Any:
+    """A field set by code, never by a flag (e.g. the command line that ran)."""
+    return field(default_factory=default_factory, metadata={"internal": True})
 
 
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    """Turn a flag or YAML value into the field's type, or raise a ConfigError naming it."""
-    kind = str(annotation)
+def option_fields(cls: Any) -> list[Field[Any]]:
+    """The fields of a config class that are command-line options, in declaration order."""
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
+
+
+def field_names(cls: Any = None) -> list[str]:
+    return [f.name for f in option_fields(cls or TrainConfig)]
+
+
+def help_for(f: Field[Any]) -> str:
+    """A field's `--help` text, with its default."""
+    text = str(f.metadata["help"])
+    default = f.default if f.default is not MISSING else None
+    if default not in (None, "") and not isinstance(default, bool):
+        text += f" (default: {default})"
+    return text
+
+
+def check_fields(obj: Any) -> None:
+    """Coerce every field of `obj` to its type and enforce its declared rule (None = unset)."""
+    for f in option_fields(obj):
+        value = _coerce(f, getattr(obj, f.name))
+        setattr(obj, f.name, value)
+        if value is None:
+            continue
+        problem = _problem(f, value)
+        if problem:
+            raise ConfigError(f.name, problem)
+
+
+def _problem(f: Field[Any], value: Any) -> str | None:
+    meta = f.metadata
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])} (got {value!r})"
+    rng: Range | None = meta["range"]
+    if rng is not None and value != "all" and value not in rng:
+        integer = str(f.type).startswith("int")
+        what = rng.describe(integer) + (" or 'all'" if _is_count_or_all(f) else "")
+        return f"must be {what} (got {value})"
+    check = meta["check"]
+    return check(value) if check is not None else None
+
+
+def _is_count_or_all(f: Field[Any]) -> bool:
+    return str(f.type).startswith("int | str")
+
+
+def _coerce(f: Field[Any], value: Any) -> Any:
+    """Turn a flag or YAML value into the field's type, or raise a ConfigError naming it.
+
+    Values come from YAML as strings ("1e-3" is a string in YAML 1.1) or from flags."""
+    name, kind = f.name, str(f.type)
     if value is None:
         if "None" in kind:
             return None
         raise ConfigError(name, "needs a value (got nothing)")
-    if kind.startswith("int | str"):  # a count or "all"
+    if isinstance(value, str) and f.metadata.get("parse") is not None:
+        return f.metadata["parse"](value)
+    if _is_count_or_all(f):
         if isinstance(value, str):
             text = value.strip().lower()
             if text == "all":
@@ -350,22 +205,19 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     if kind.startswith("float"):
         if isinstance(value, bool):
             raise ConfigError(name, f"must be a number (got {value!r})")
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return float(str(value))
-        except ValueError:
+            return float(value)
+        except (TypeError, ValueError):
             raise ConfigError(name, f"must be a number (got {value!r})") from None
     if kind.startswith("bool"):
         if isinstance(value, bool):
             return value
         raise ConfigError(name, f"must be true or false (got {value!r})")
     if kind.startswith("str"):
-        if isinstance(value, str):
-            return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(name, f"must be a string (got {value!r})")
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string (got {value!r})")
     return value
 
 
@@ -381,20 +233,321 @@ def _as_int(name: str, value: Any) -> int:
     raise ConfigError(name, f"must be an integer (got {value!r})")
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+def _device_problem(dev: str) -> str | None:
+    prefix, _, index = dev.partition(":")
+    if dev in ("auto", "cpu", "cuda", "mps") or (prefix == "cuda" and index.isdigit()):
+        return None
+    return f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})"
 
 
-def help_for(name: str, cls: Any = None) -> str:
-    """The `--help` text of a field of `cls` (default TrainConfig), with its default."""
-    for f in fields(cls or TrainConfig):
-        if f.name == name:
-            text = f.metadata["help"]
-            default = f.default if f.default is not MISSING else None
-            if default not in (None, "") and not isinstance(default, bool):
-                text += f" (default: {default})"
-            return text
-    raise KeyError(name)
+# --------------------------------------------------------------------------- jade train
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what `jade train` computes (saved in the run's manifest)."""
+
+    # --- data ---
+    primary: str = opt(
+        "",
+        "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
+        "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
+        group=DATA,
+    )
+    auxiliary: str | None = opt(
+        None,
+        "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
+        "Required for --model paired and jade.",
+        group=DATA,
+    )
+    n_labeled: int | str | None = opt(
+        None,
+        "Labeled primary training images to use: a multiple of the number of classes, drawn "
+        "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
+        group=DATA,
+        metavar="N|all",
+        range=POSITIVE,
+    )
+    labeled_selection: str = opt(
+        "random",
+        "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
+        "(the first images of each class, as in the paper).",
+        group=DATA,
+        choices=LABELED_SELECTIONS,
+    )
+    aux_per_class: int | None = opt(
+        None,
+        "Use only the first K auxiliary training images of each class (the paper: 4500). "
+        "Default: all of them.",
+        group=DATA,
+        metavar="K",
+        range=POSITIVE,
+    )
+    data_dir: str | None = opt(
+        None,
+        "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
+        "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
+        group=DATA,
+        metavar="DIR",
+    )
+    download: bool = opt(
+        False,
+        "Try torchvision's download when dataset files are missing (default: off; without it a "
+        "missing file is an error that says where to put it).",
+        group=DATA,
+    )
+    primary_size: int | None = opt(
+        None,
+        "Resize primary images to SIZE x SIZE. Default: keep their size (image folders whose "
+        "images differ in size are resized to the most common size).",
+        group=DATA,
+        metavar="SIZE",
+        range=POSITIVE,
+    )
+    auxiliary_size: int | None = opt(
+        None,
+        "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size.",
+        group=DATA,
+        metavar="SIZE",
+        range=POSITIVE,
+    )
+    primary_pad: int = opt(
+        0,
+        "Add P black pixels on every side of each primary image, after resizing: lets digits "
+        "sit where the auxiliary's do (USPS fills its frame, MNIST keeps a 4-pixel margin: "
+        "--primary-size 20 --primary-pad 4).",
+        group=DATA,
+        metavar="P",
+        range=Range(0, 64),
+    )
+    auxiliary_pad: int = opt(
+        0,
+        "The same for auxiliary images (MNIST into MNIST-M's 32x32 frame: --auxiliary-pad 2).",
+        group=DATA,
+        metavar="P",
+        range=Range(0, 64),
+    )
+    # --- model ---
+    model: str = opt(
+        "jade",
+        "single: primary CNN + classifier. paired: both datasets' CNN features (one CNN with "
+        "--arch shared) into one shared classifier. jade: a VAE per dataset whose content "
+        "latents share the classifier.",
+        group=MODEL,
+        metavar="single|paired|jade",
+        choices=MODELS,
+    )
+    arch: str = opt(
+        "shared",
+        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm) for both datasets, so the "
+        "auxiliary's labels train the convolutions the primary uses; the primary is resized "
+        "to the auxiliary's size and a grey dataset beside a colour one gets 3 channels. "
+        "paper: the paper's two separate CNNs, as in the authors' 2017 code.",
+        group=MODEL,
+        metavar="shared|paper",
+        choices=ARCHES,
+    )
+    content_dim: int = opt(
+        10,
+        "Size of the content latent (jade), which alone feeds the classifier; also the size of "
+        "the single/paired bottleneck.",
+        group=MODEL,
+        range=POSITIVE,
+    )
+    style_dim: int = opt(
+        10,
+        "Size of the style latent of each jade VAE (decoder input only).",
+        group=MODEL,
+        range=POSITIVE,
+    )
+    hidden_dim: int = opt(
+        500, "Width of the shared classifier's three hidden layers.", group=MODEL, range=POSITIVE
+    )
+    dropout: float = opt(
+        0.0,
+        "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
+        "learning a lot in short schedules).",
+        group=MODEL,
+        range=Range(0, 1, open_hi=True),
+    )
+    # --- augmentation (training batches only) ---
+    augment: str = opt(
+        "all",
+        "Which training images get random shifts, rotations, zooms (and colour jitter for "
+        "colour images): none, primary (the labeled set) or all.",
+        group=AUG,
+        metavar="none|primary|all",
+        choices=AUGMENTS,
+    )
+    aug_shift: float = opt(
+        0.1,
+        "Largest random shift, as a fraction of the image side.",
+        group=AUG,
+        range=Range(0, 0.5),
+    )
+    aug_rotate: float = opt(
+        10.0, "Largest random rotation, in degrees.", group=AUG, range=Range(0, 180)
+    )
+    aug_scale: float = opt(
+        0.1, "Largest random zoom in or out (0.1: 90% to 110%).", group=AUG, range=Range(0, 0.5)
+    )
+    aug_color: float = opt(
+        0.3,
+        "Colour jitter strength for 3-channel images (saturation, per-channel gain, contrast; "
+        "half the images also get their channels permuted); 0 disables it.",
+        group=AUG,
+        range=Range(0, 0.5),
+    )
+    style_mix: float | None = opt(
+        None,
+        "Fraction of auxiliary training images redrawn in the primary's style: |T - x| with T "
+        "a labeled primary image whose tiles are shuffled (its colours and texture, not its "
+        "digit), as MNIST-M was made from MNIST. Default: 0.5 when the primary is colour and "
+        "the auxiliary grey (grey auxiliary images then get 3 channels), else 0.",
+        group=AUG,
+        metavar="P",
+        range=FRACTION,
+    )
+    # --- objective (the paper's equation 2) ---
+    loss_scale: str = opt(
+        "per-pixel",
+        "per-pixel: divide each dataset's ELBO terms (reconstruction, KL, matching) by its number "
+        "of pixel values, so the weights below mean the same for 16x16 grey and 32x32 colour "
+        "images; sum: nats summed over pixels, as in the paper (whose CE weights were 1e4/1e5).",
+        group=OBJ,
+        metavar="per-pixel|sum",
+        choices=LOSS_SCALES,
+    )
+    recon_weight: float = opt(
+        1.0,
+        "Weight of each image's reconstruction cross-entropy (summed over pixels).",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    kl_weight: float = opt(
+        1.0,
+        "Weight of the KL terms to the N(0, I) prior (style; aux content).",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    match_weight: float = opt(
+        100.0,
+        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching "
+        "(with --loss-scale per-pixel it is divided by the primary's pixel values too).",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    aux_ce_weight: float = opt(
+        1.0,
+        "Weight of the auxiliary classification cross-entropy.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    primary_ce_weight: float = opt(
+        1.0,
+        "Weight of the primary classification cross-entropy.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    # --- optimisation ---
+    epochs: int = opt(
+        10,
+        "Training epochs. A resumed run may raise it: the added epochs train at the learning "
+        "rate the schedule ended with.",
+        group=OPT,
+        range=POSITIVE,
+    )
+    epoch_size: int | str = opt(
+        10000,
+        "Training examples per epoch: pairs for paired/jade, labeled images for single (drawn by "
+        "cycling through shuffled data), or 'all' for one pass over the auxiliary set (single: "
+        "over the labeled set), as in the paper.",
+        group=OPT,
+        metavar="N|all",
+        range=POSITIVE,
+    )
+    batch_size: int = opt(
+        100,
+        "Pairs (or labeled images for single) per optimisation step.",
+        group=OPT,
+        range=POSITIVE,
+    )
+    lr: float = opt(1e-3, "Peak learning rate of Adam.", group=OPT, range=Range(0, open_lo=True))
+    lr_schedule: str = opt(
+        "cosine",
+        "constant; step (x0.3 after 1/3 and x0.1 after 2/3 of training, as in the paper); or "
+        "cosine (decay to 1/100 of --lr). Planned over the --epochs the run starts with.",
+        group=OPT,
+        metavar="constant|step|cosine",
+        choices=LR_SCHEDULES,
+    )
+    adam_beta1: float = opt(
+        0.9, "Adam's beta_1 (the paper used 0.1).", group=OPT, range=Range(0, 1, open_hi=True)
+    )
+    grad_clip: float = opt(
+        100.0,
+        "Clip the gradient's global norm to this value (0 disables clipping).",
+        group=OPT,
+        range=NON_NEGATIVE,
+    )
+    seed: int = opt(
+        0, "Seed for the labeled subset, pairing, initialisation and dropout.", group=OPT
+    )
+    device: str = opt(
+        "auto",
+        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+        group=RUN,
+        check=_device_problem,
+    )
+    precision: str = opt(
+        "auto",
+        "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
+        "stay fp32; 2-3x faster on CPUs with AMX and on CUDA); or auto (bf16 where the device "
+        "computes it natively, else fp32).",
+        group=RUN,
+        metavar="auto|fp32|bf16",
+        choices=PRECISIONS,
+    )
+    eval_every: int = opt(
+        1,
+        "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
+        "choose a model.",
+        group=RUN,
+        range=Range(0),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.primary:
+            raise ConfigError("primary", "is required: the few-label dataset, e.g. --primary svhn")
+        check_fields(self)
+        if self.n_labeled is None:
+            raise ConfigError("n_labeled", "is required: e.g. --n-labeled 1000, or --n-labeled all")
+        if self.uses_auxiliary and not self.auxiliary:
+            raise ConfigError(
+                "auxiliary", f"is required for --model {self.model}, e.g. --auxiliary mnist"
+            )
+        if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
+            raise ConfigError(
+                "primary_ce_weight",
+                "and --aux-ce-weight are both 0: the classifier would not train",
+            )
+
+    @property
+    def uses_auxiliary(self) -> bool:
+        """Whether the model trains on the auxiliary dataset (paired and JADE do)."""
+        return self.model != "single"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str/int/float/bool/None) for the manifest and checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A saved config (manifest, checkpoint): every key must be a field of this version."""
+        unknown = set(data) - set(field_names(cls))
+        if unknown:
+            raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:
@@ -427,7 +580,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
     return out
 
 
-# --preset paper: the 2017 recipe of reference.md ("Original hyper-parameters"), per model.
+# --preset paper: the recipe of the authors' 2017 code, per model.
 _PAPER_COMMON: dict[str, Any] = {
     "arch": "paper",
     "augment": "none",
@@ -455,18 +608,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     }
 }
 
-# Keys a run saved before they existed gets on reload: what that version always did.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "arch": "paper",
-    "augment": "none",
-    "aug_shift": 0.0,
-    "aug_rotate": 0.0,
-    "aug_scale": 0.0,
-    "aug_color": 0.0,
-    "loss_scale": "sum",
-    "style_mix": 0.0,
-}
-
 
 def preset_values(name: str, model: str) -> dict[str, Any]:
     """The config values of `--preset NAME` for `--model MODEL`."""
@@ -479,21 +620,16 @@ def preset_values(name: str, model: str) -> dict[str, Any]:
 
 
 def resolve_train_config(
-    flags: dict[str, Any],
-    config_file: Path | None = None,
-    base: dict[str, Any] | None = None,
-    preset: str | None = None,
+    flags: dict[str, Any], config_file: Path | None = None, preset: str | None = None
 ) -> TrainConfig:
-    """Merge code defaults < `base` (a saved config) < preset < YAML file < flags into a
-    TrainConfig.
+    """Merge code defaults < preset < YAML file < flags into a TrainConfig.
 
-    `flags` holds only the options the user gave (None means "not given").
-    """
-    merged: dict[str, Any] = dict(base or {})
+    `flags` holds the options by field name; None means "not given"."""
     from_file = load_yaml_config(config_file) if config_file is not None else {}
     given = {k: v for k, v in flags.items() if v is not None}
+    merged: dict[str, Any] = {}
     if preset is not None:
-        model = given.get("model", from_file.get("model", merged.get("model", "jade")))
+        model = given.get("model", from_file.get("model", "jade"))
         merged.update(preset_values(preset, str(model)))
     merged.update(from_file)
     merged.update(given)
@@ -505,13 +641,20 @@ def resolve_train_config(
         raise
 
 
+def requested_changes(flags: dict[str, Any], config_file: Path | None = None) -> dict[str, Any]:
+    """What a `--resume` command line asks for: the YAML file's values < the given flags."""
+    requested = load_yaml_config(config_file) if config_file is not None else {}
+    requested.update({k: v for k, v in flags.items() if v is not None})
+    return requested
+
+
 # --------------------------------------------------------------------------- analysis commands
 # `jade evaluate`, `inspect-latents` and `reconstruct` read a run folder instead of training
 # flags; their options live here too (torch-free, so `jade --help` stays fast).
 
+SRC = RUN  # help panel of the options every analysis command shares
 ANALYSIS_DATASETS = ("primary", "auxiliary", "both")
 MAX_RECONSTRUCT_N = 32
-
 SPLITS = ("test", "train-labeled", "train-unlabeled", "train")
 SPLIT_HELP = (
     "Images to use: test (the test split), train-labeled (the labeled primary images the run "
@@ -520,90 +663,110 @@ SPLIT_HELP = (
 )
 
 
+def parse_fraction(text: str) -> float:
+    """`0.85` or `85%` -> 0.85 (the `--min-accuracy` gate)."""
+    value = text.strip()
+    try:
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise ConfigError(
+            "min_accuracy", f"must be a fraction (0.85) or a percentage (85%) (got {text!r})"
+        ) from None
+    if not value.endswith("%") and number > 1:
+        raise ConfigError(
+            "min_accuracy", f"{text} is not a fraction in [0, 1]; for a percentage write {text}%"
+        )
+    return number
+
+
+def _not_blank(value: str) -> str | None:
+    return None if value.strip() else "needs a value: all, content, style or e.g. content_3"
+
+
 @dataclass
 class RunSource:
     """Which run and checkpoint to analyse, where the data are, and where to compute."""
 
-    run: Path
+    run: Path = opt(MISSING, "A run folder written by 'jade train'.", metavar="RUN", argument=True)
     checkpoint: Path | None = opt(
-        None, "Checkpoint file to analyse instead of RUN/checkpoints/last.pt."
+        None,
+        "Checkpoint file to analyse instead of RUN/checkpoints/last.pt.",
+        group=SRC,
+        metavar="PATH",
     )
     data_dir: str | None = opt(
         None,
         "Where the run's datasets are now, if they moved (default: the run's own --data-dir; "
         "for folder: datasets, DIR/<folder name> is tried first).",
+        group=SRC,
+        metavar="DIR",
     )
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.", group=SRC, check=_device_problem)
     precision: str = opt(
         "auto",
-        "fp32, bf16, or auto: the precision the run was trained in where this device computes "
-        "it natively, else fp32 (so evaluate repeats the accuracy training recorded).",
+        "fp32, bf16, or auto: the precision the run was trained in (so evaluate repeats the "
+        "accuracy training recorded; fp32 where this device cannot compute bf16).",
+        group=SRC,
+        metavar="auto|fp32|bf16",
+        choices=PRECISIONS,
     )
     batch_size: int = opt(
         100,
         "Images per forward pass (speed and memory only; results do not change beyond float "
         "rounding).",
+        group=SRC,
+        range=POSITIVE,
     )
     out: Path | None = opt(
         None,
         "Folder for the output files (default: RUN/analysis/<command>-<split>/; files of the "
         "same name there are replaced).",
+        group=SRC,
+        metavar="DIR",
     )
-    command: list[str] = field(default_factory=list)
+    command: list[str] = internal(list)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("batch_size", f"must be a positive integer (got {self.batch_size})")
-        _check_precision(self.precision)
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(dev)):
-            raise ConfigError("device", f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})")
-
-
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ConfigError("split", f"must be one of {', '.join(SPLITS)} (got {split!r})")
-
-
-def check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError("test_limit", f"must be a positive integer (got {limit})")
+        check_fields(self)
 
 
 @dataclass
 class EvaluateConfig(RunSource):
     """Options of `jade evaluate` (the run-source options are shared by every command)."""
 
-    split: str = opt("test", SPLIT_HELP)
+    split: str = opt("test", SPLIT_HELP, metavar="SPLIT", choices=SPLITS)
     test_limit: int | None = opt(
         None,
         "Use only the first N images of the split, for each dataset (the paper scored the "
         "first 10,000 SVHN test images).",
+        metavar="N",
+        range=POSITIVE,
     )
     min_accuracy: float | None = opt(
         None,
         "Quality gate: exit with code 3 when the primary accuracy is below this; a fraction "
         "(0.85) or a percentage (85%).",
+        metavar="X",
+        range=FRACTION,
+        parse=parse_fraction,
     )
     seed: int = opt(0, "Seed of the latent samples in the test ELBO and of the test pairs.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_split(self.split)
-        check_limit(self.test_limit)
-        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
-            raise ConfigError(
-                "min_accuracy", f"must be a fraction in [0, 1] (got {self.min_accuracy})"
-            )
 
 
 @dataclass
 class LatentsConfig(RunSource):
     """Options of `jade inspect-latents`."""
 
-    dataset: str = opt("primary", "Which dataset's images to encode: primary, auxiliary or both.")
-    split: str = opt("test", SPLIT_HELP)
-    test_limit: int | None = opt(None, "Use only the first N images of the split.")
+    dataset: str = opt(
+        "primary",
+        "Which dataset's images to encode: primary, auxiliary or both.",
+        metavar="primary|auxiliary|both",
+        choices=ANALYSIS_DATASETS,
+    )
+    split: str = opt("test", SPLIT_HELP, metavar="SPLIT", choices=SPLITS)
+    test_limit: int | None = opt(
+        None, "Use only the first N images of the split.", metavar="N", range=POSITIVE
+    )
     seed: int = opt(0, "Seed of the random-groups view and of the probes' half/half split.")
     probe: bool = opt(
         True,
@@ -611,43 +774,29 @@ class LatentsConfig(RunSource):
         "from content vs style latents.",
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dataset not in ANALYSIS_DATASETS:
-            raise ConfigError(
-                "dataset", f"must be one of {', '.join(ANALYSIS_DATASETS)} (got {self.dataset!r})"
-            )
-        check_split(self.split)
-        check_limit(self.test_limit)
-
 
 @dataclass
 class ReconstructConfig(RunSource):
     """Options of `jade reconstruct`."""
 
-    n: int = opt(8, f"Images per dataset (1-{MAX_RECONSTRUCT_N}), one class after another.")
+    n: int = opt(
+        8,
+        f"Images per dataset (1-{MAX_RECONSTRUCT_N}), one class after another.",
+        range=Range(1, MAX_RECONSTRUCT_N),
+    )
     seed: int = opt(0, "Seed that picks the images.")
-    split: str = opt("test", SPLIT_HELP)
+    split: str = opt("test", SPLIT_HELP, metavar="SPLIT", choices=SPLITS)
     traverse: str | None = opt(
         None,
         "Also vary latent dimensions one at a time: all, content, style, or a list such as "
         "content_3,style_0 (short: c3,s0).",
+        metavar="DIMS",
+        check=_not_blank,
     )
     traverse_range: float = opt(
-        3.0, "Traversal offsets span +-this many standard deviations of the dimension."
+        3.0,
+        "Traversal offsets span +-this many standard deviations of the dimension.",
+        metavar="R",
+        range=Range(0, open_lo=True),
     )
-    traverse_steps: int = opt(7, "Images per traversed dimension (2-25).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 1 <= self.n <= MAX_RECONSTRUCT_N:
-            raise ConfigError("n", f"must be between 1 and {MAX_RECONSTRUCT_N} (got {self.n})")
-        check_split(self.split)
-        if not self.traverse_range > 0:
-            raise ConfigError("traverse_range", f"must be positive (got {self.traverse_range})")
-        if not 2 <= self.traverse_steps <= 25:
-            raise ConfigError(
-                "traverse_steps", f"must be between 2 and 25 (got {self.traverse_steps})"
-            )
-        if self.traverse is not None and not self.traverse.strip():
-            raise ConfigError("traverse", "needs a value: all, content, style or e.g. content_3")
+    traverse_steps: int = opt(7, "Images per traversed dimension (2-25).", range=Range(2, 25))

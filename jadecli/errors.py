@@ -7,6 +7,8 @@ prints or exits.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class JadeError(Exception):
     """A problem the user can fix: one line that says what is wrong and what to do."""
@@ -28,14 +30,30 @@ class RunDirError(JadeError):
     """The run directory cannot be created, resumed or overwritten as asked."""
 
 
+class StorageError(RunDirError):
+    """A file could not be written: no space left, no permission, a read-only filesystem."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path} ({reason})")
+
+
 class TrainingFailed(JadeError):
     """Training stopped: a non-finite loss or an error during the run."""
 
 
 class Interrupted(JadeError):
-    """The user pressed Ctrl-C; the run is marked interrupted and can be resumed."""
+    """The user pressed Ctrl-C (SIGINT); the run is marked interrupted and can be resumed."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The process was sent SIGTERM (CI runners, Slurm, Kubernetes before a kill); the run is
+    marked interrupted and can be resumed. Exit code 143 = 128 + SIGTERM, as the shell reports
+    a process killed by it."""
+
+    exit_code = 143
 
 
 class GateFailed(JadeError):

@@ -7,26 +7,43 @@
 
 With `arch="shared"` (the default recipe) both datasets go through one and the same CNN
 (conv 32, 64, 128 with BatchNorm, a pool after each), the JADE content head is shared too and
-only the style heads and decoders stay per dataset. With `arch="paper"`, encoders follow
-reference.md: the primary gets the paper's SVHN CNN (conv 64, 96, 64, 8; 2x2
+only the style heads and decoders stay per dataset. With `arch="paper"`, encoders follow the
+authors' 2017 code: the primary gets the paper's SVHN CNN (conv 64, 96, 64, 8; 2x2
 max-pool after the first three), the auxiliary the paper's MNIST CNN (conv 32, 32, 16, pool after
 each). All convs are 3x3, ReLU, 'same' padding; pools round up ('same'), so 28 -> 14 -> 7 -> 4 and
 any image size works. Decoders mirror their encoder exactly, with nearest-neighbour up-sampling
 back to the sizes the encoder pooled from, and output logits (the sigmoid lives in the loss, in
 its numerically stable form).
 
+Every model answers by dataset role ("primary" or "auxiliary"): `classify(role, x)`,
+`codes(role, x)` (what the analysis commands inspect), and for training
+`forward_train(x_aux, x_primary)` then `loss_terms(out, x_aux, x_primary, y)`, its own terms of
+the objective. Callers never branch on the model's kind.
+
     python -c "from jadecli.model import JADE; m = JADE((3, 32, 32), (1, 28, 28), 10); print(m)"
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# (filters, max-pool after) per conv layer, from the authors' final code (reference.md)
+from jadecli.objective import (
+    TERMS,
+    classifier_terms,
+    jade_terms,
+    kl_standard_normal,
+    reconstruction_bce,
+)
+
+PRIMARY, AUXILIARY = "primary", "auxiliary"
+ROLES = (PRIMARY, AUXILIARY)
+
+# (filters, max-pool after) per conv layer, from the authors' final code
 PRIMARY_CNN = ((64, True), (96, True), (64, True), (8, False))
 AUXILIARY_CNN = ((32, True), (32, True), (16, True))
 # --arch shared: one batch-normalised conv encoder for both datasets. A deeper 32-32-64-64-128
@@ -40,17 +57,52 @@ LOGVAR_LIMIT = 12.0
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model from a checkpoint (plain data)."""
+    """Everything needed to rebuild a model from a checkpoint (plain data; `jade train` fills
+    it from the run's config and data, `to_dict`/`from_dict` save and read it)."""
 
     kind: str  # single | paired | jade
+    arch: str  # shared | paper
     primary_shape: tuple[int, int, int]  # (C, H, W)
     auxiliary_shape: tuple[int, int, int] | None
     num_classes: int
-    content_dim: int = 10
-    style_dim: int = 10
-    hidden_dim: int = 500
-    dropout: float = 0.5
-    arch: str = "paper"
+    content_dim: int
+    style_dim: int
+    hidden_dim: int
+    dropout: float
+
+    @property
+    def generative(self) -> bool:
+        """Whether the model has decoders and style latents (JADE)."""
+        return self.kind == "jade"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (shapes as lists)."""
+        out = asdict(self)
+        out["primary_shape"] = list(self.primary_shape)
+        if self.auxiliary_shape is not None:
+            out["auxiliary_shape"] = list(self.auxiliary_shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """The inverse of `to_dict`; KeyError/TypeError/ValueError if a value is missing."""
+
+        def shape(value: Any) -> tuple[int, int, int]:
+            c, h, w = (int(v) for v in value)
+            return c, h, w
+
+        aux = data["auxiliary_shape"]
+        return cls(
+            kind=str(data["kind"]),
+            arch=str(data["arch"]),
+            primary_shape=shape(data["primary_shape"]),
+            auxiliary_shape=shape(aux) if aux is not None else None,
+            num_classes=int(data["num_classes"]),
+            content_dim=int(data["content_dim"]),
+            style_dim=int(data["style_dim"]),
+            hidden_dim=int(data["hidden_dim"]),
+            dropout=float(data["dropout"]),
+        )
 
 
 class Encoder(nn.Module):
@@ -171,8 +223,12 @@ def _squash(logvar: torch.Tensor) -> torch.Tensor:
     return LOGVAR_LIMIT * torch.tanh(logvar / LOGVAR_LIMIT)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """z = mu + eps * sigma with eps ~ N(0, I) (from `generator`, else torch's global RNG)."""
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + eps * torch.exp(0.5 * logvar)
 
 
 Cnns = tuple[Encoder, Encoder | None]  # (primary, auxiliary)
@@ -193,7 +249,54 @@ def encoders(spec: ModelSpec) -> Cnns:
     return cnn, (cnn if aux_shape else None)
 
 
-class SingleClassifier(nn.Module):
+@dataclass
+class StepOutput:
+    """One training forward pass over a batch of pairs: the shared classifier's logits."""
+
+    logits_primary: torch.Tensor  # (B, K)
+    logits_aux: torch.Tensor | None  # (B, K); None for a single classifier
+
+
+class RoleModel(nn.Module):
+    """What every model answers, by dataset role ("primary" or "auxiliary")."""
+
+    spec: ModelSpec
+    generative = False  # decoders and style latents (JADE)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The names of this model's loss terms, in the order metrics.csv lists them."""
+        return TERMS[self.spec.kind]
+
+    def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) of images of dataset `role`, as the model predicts."""
+        raise NotImplementedError
+
+    def codes(self, role: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the analysis commands inspect: latent posteriors or bottleneck features."""
+        raise NotImplementedError
+
+    def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def loss_terms(
+        self,
+        out: StepOutput,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        y: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted batch means of this model's terms of the objective, in fp32."""
+        return classifier_terms(out.logits_aux, out.logits_primary, y)
+
+    def evaluate_batch(
+        self, role: str, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits of a test batch, and per-image test quantities (JADE: ELBO terms)."""
+        return self.classify(role, x), {}
+
+
+class SingleClassifier(RoleModel):
     def __init__(self, spec: ModelSpec, cnns: Cnns | None = None):
         super().__init__()
         self.spec = spec
@@ -203,11 +306,19 @@ class SingleClassifier(nn.Module):
             spec.content_dim, spec.hidden_dim, spec.num_classes, spec.dropout
         )
 
-    def primary_features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        if role != PRIMARY:
+            raise ValueError(f"a {self.spec.kind} model has no {role} encoder")
         return self.primary_bottleneck(self.primary_cnn(x))  # (B, content_dim)
 
-    def classify_primary(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.primary_features(x))
+    def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(role, x))
+
+    def codes(self, role: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": self.features(role, x)}
+
+    def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
+        return StepOutput(self.classify(PRIMARY, x_primary), None)
 
 
 class PairedClassifier(SingleClassifier):
@@ -223,26 +334,30 @@ class PairedClassifier(SingleClassifier):
             else nn.Linear(self.aux_cnn.out_features, spec.content_dim)
         )
 
-    def aux_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aux_bottleneck(self.aux_cnn(x))
+    def features(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        if role == AUXILIARY:
+            return self.aux_bottleneck(self.aux_cnn(x))
+        return super().features(role, x)
 
-    def classify_aux(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.aux_features(x))
+    def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
+        assert x_aux is not None
+        logits_aux = self.classify(AUXILIARY, x_aux)  # auxiliary first: BatchNorm's order
+        return StepOutput(self.classify(PRIMARY, x_primary), logits_aux)
 
 
 @dataclass
-class JADEOutput:
-    """Everything the JADE objective needs from one batch of pairs."""
+class JADEOutput(StepOutput):
+    """Everything the JADE objective needs from one batch of pairs (logits from sampled z_c)."""
 
     q_aux: Posterior
     q_primary: Posterior
     recon_aux: torch.Tensor  # (B, C_a, H_a, W_a) logits
     recon_primary: torch.Tensor  # (B, C_p, H_p, W_p) logits
-    logits_aux: torch.Tensor  # (B, K), classifier on sampled z_c
-    logits_primary: torch.Tensor
 
 
-class JADE(nn.Module):
+class JADE(RoleModel):
+    generative = True
+
     def __init__(self, spec: ModelSpec):
         super().__init__()
         assert spec.auxiliary_shape is not None
@@ -258,6 +373,12 @@ class JADE(nn.Module):
         self.aux_decoder = Decoder(self.aux_encoder.cnn, s + c)
         self.classifier = Classifier(c, spec.hidden_dim, spec.num_classes, spec.dropout)
 
+    def encoder(self, role: str) -> VAEEncoder:
+        return self.primary_encoder if role == PRIMARY else self.aux_encoder
+
+    def decoder(self, role: str) -> Decoder:
+        return self.primary_decoder if role == PRIMARY else self.aux_decoder
+
     def forward(self, x_aux: torch.Tensor, x_primary: torch.Tensor) -> JADEOutput:
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
@@ -271,12 +392,50 @@ class JADE(nn.Module):
             logits_primary=self.classifier(zp_c),
         )
 
-    # Prediction uses the posterior mean of the content latents.
-    def classify_primary(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.primary_encoder(x).mu_c)
+    def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
+        assert x_aux is not None
+        return self(x_aux, x_primary)
 
-    def classify_aux(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.aux_encoder(x).mu_c)
+    def loss_terms(
+        self,
+        out: StepOutput,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        y: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        assert isinstance(out, JADEOutput) and x_aux is not None
+        return jade_terms(out, x_aux, x_primary, y)
+
+    # Prediction uses the posterior mean of the content latents.
+    def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(role)(x).mu_c)
+
+    def codes(self, role: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        q = self.encoder(role)(x)
+        return {"mu_c": q.mu_c, "logvar_c": q.logvar_c, "mu_s": q.mu_s, "logvar_s": q.logvar_s}
+
+    def decode(self, role: str, z_s: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W) from latents, by dataset `role`'s decoder."""
+        return torch.sigmoid(self.decoder(role)(torch.cat([z_s, z_c], 1)).float())
+
+    def evaluate_batch(
+        self, role: str, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits from the posterior mean, and per image the test ELBO's terms in nats (one
+        z ~ q(z|x) drawn from `generator`; the content prior is N(0, I) for both datasets) and
+        the content posterior."""
+        q = self.encoder(role)(x).float()
+        logits = self.classifier(q.mu_c)
+        z_s = reparameterize(q.mu_s, q.logvar_s, generator)
+        z_c = reparameterize(q.mu_c, q.logvar_c, generator)
+        recon_logits = self.decoder(role)(torch.cat([z_s, z_c], 1)).float()  # (B, C, H, W)
+        return logits, {
+            "recon": reconstruction_bce(recon_logits, x),
+            "kl_style": kl_standard_normal(q.mu_s, q.logvar_s),
+            "kl_content": kl_standard_normal(q.mu_c, q.logvar_c),
+            "mu_c": q.mu_c,
+            "logvar_c": q.logvar_c,
+        }
 
 
 def init_weights(model: nn.Module) -> nn.Module:
@@ -288,13 +447,14 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
+def build_model(spec: ModelSpec) -> RoleModel:
     if spec.kind == "single":
-        model: nn.Module = SingleClassifier(spec)
+        model: RoleModel = SingleClassifier(spec)
     elif spec.kind == "paired":
         model = PairedClassifier(spec)
     elif spec.kind == "jade":
         model = JADE(spec)
     else:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    return init_weights(model)
+    init_weights(model)
+    return model

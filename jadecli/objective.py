@@ -1,4 +1,4 @@
-"""The loss terms of the three models; JADE's is equation 2 of the paper as reference.md gives it.
+"""The loss terms of the three models; JADE's is equation 2 of the paper.
 
 For a same-class pair (x_A auxiliary, x_P primary, label y), with every term averaged over the
 batch and each reconstruction summed over pixels (`--loss-scale per-pixel`, the default, then
@@ -19,15 +19,20 @@ correct closed form (the authors' code had `(logvar_A - mu_P)^2` in place of `(m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from jadecli.model import JADEOutput
+if TYPE_CHECKING:
+    from jadecli.model import JADEOutput
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossWeights:
+    """The weight of each term of the objective (`--recon-weight`, ...), and the per-dataset
+    scale of the ELBO terms (`--loss-scale`)."""
+
     recon: float = 1.0
     kl: float = 1.0
     match: float = 1.0
@@ -83,6 +88,15 @@ def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """Bernoulli cross-entropy of targets in [0, 1], summed over pixels: (B, C, H, W) -> (B,)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return bce.flatten(1).sum(1)
+
+
+def classifier_terms(
+    logits_aux: torch.Tensor | None, logits_primary: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The classification terms (single: the primary's only; paired: both), in fp32."""
+    terms = {} if logits_aux is None else {"ce_aux": F.cross_entropy(logits_aux.float(), y)}
+    terms["ce_primary"] = F.cross_entropy(logits_primary.float(), y)
+    return terms
 
 
 def jade_terms(

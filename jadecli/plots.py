@@ -17,6 +17,7 @@ written through `atomic_write`, so a crash never leaves a half-written PNG behin
 
 from __future__ import annotations
 
+import io
 import textwrap
 import warnings
 from pathlib import Path
@@ -37,9 +38,10 @@ GROUP_COLOURS = {"content": "tab:blue", "style": "tab:orange", "feature": "tab:g
 
 def _save(fig: Figure, path: Path, tight: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary file ends in `.tmp`, so the format must be named explicitly
     kw: dict = {"bbox_inches": "tight", "pad_inches": 0.1} if tight else {}
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, **kw))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, **kw)
+    atomic_write(path, buf.getbuffer())
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -128,14 +130,36 @@ def plot_latent_variance(
         `active_threshold` as a dashed line.
     Groups are separated by vertical lines in every panel and named above panel (a); the
     `normalisation` sentence is printed at the bottom."""
-    import matplotlib
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     w = np.asarray(within, dtype=float)
     rnd = np.asarray(random_groups, dtype=float)
     act = np.asarray(activity, dtype=float)
     k, d = len(classes), len(dim_names)
+    _check_variance_inputs(w, rnd, act, groups, k, d)
+    blocks = _blocks(groups)
+    colours = [GROUP_COLOURS[g] for g in groups]
+
+    width = min(max(8.0, 0.26 * d + 3.0), 30.0)
+    heat_h = min(0.22 * (k + 1) + 1.2, 8.0)
+    fig = _new_figure(width, heat_h + 6.5)
+    ax_a, ax_b, ax_c = fig.subplots(
+        3, 1, sharex=True, gridspec_kw={"height_ratios": [heat_h, 2.6, 2.6]}
+    )
+    fig.suptitle(title)
+    _variance_heatmap(fig, ax_a, w, rnd, classes, blocks)
+    _variance_means(ax_b, w, rnd, colours, groups, blocks)
+    _activity_bars(ax_c, act, colours, active_threshold, blocks)
+    ax_c.set_xticks(np.arange(d), dim_names, rotation=90, fontsize=7)
+    ax_c.set_xlim(-0.5, d - 0.5)
+    for ax in (ax_a, ax_b, ax_c):
+        ax.tick_params(labelsize=7)
+    # supxlabel (unlike fig.text) is placed by the constrained layout, so it never overlaps ticks
+    fig.supxlabel(textwrap.fill(normalisation, width=int(width * 14)), fontsize=8)
+    _save(fig, path)
+
+
+def _check_variance_inputs(
+    w: np.ndarray, rnd: np.ndarray, act: np.ndarray, groups: list[str], k: int, d: int
+) -> None:
     if w.shape != (k, d):
         raise ValueError(f"within has shape {w.shape}, expected ({k}, {d}) (classes x dims)")
     for name, arr in (("random_groups", rnd), ("activity", act)):
@@ -146,24 +170,25 @@ def plot_latent_variance(
     unknown = sorted(set(groups) - set(GROUP_COLOURS))
     if unknown:
         raise ValueError(f"unknown group names {unknown}; expected {sorted(GROUP_COLOURS)}")
-    blocks = _blocks(groups)
-    x = np.arange(d)
-    colours = [GROUP_COLOURS[g] for g in groups]
 
-    width = min(max(8.0, 0.26 * d + 3.0), 30.0)
-    heat_h = min(0.22 * (k + 1) + 1.2, 8.0)
-    fig = _new_figure(width, heat_h + 6.5)
-    ax_a, ax_b, ax_c = fig.subplots(
-        3, 1, sharex=True, gridspec_kw={"height_ratios": [heat_h, 2.6, 2.6]}
-    )
-    fig.suptitle(title)
 
-    # (a) heatmap; NaN (inactive dims) become masked cells drawn in the colormap's "bad" grey
+def _variance_heatmap(
+    fig: Figure,
+    ax: Axes,
+    w: np.ndarray,
+    rnd: np.ndarray,
+    classes: list[str],
+    blocks: list[tuple[str, int, int]],
+) -> None:
+    """Panel (a); NaN (inactive dims) become masked cells drawn in the colormap's "bad" grey."""
+    import matplotlib
+
+    k = len(classes)
     data = np.vstack([w, rnd[None, :]])
     finite = data[np.isfinite(data)]
     vmax = max(1.0, float(finite.max())) if finite.size else 1.0
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-    im = ax_a.imshow(
+    im = ax.imshow(
         np.ma.masked_invalid(data),
         cmap=cmap,
         vmin=0.0,
@@ -172,16 +197,16 @@ def plot_latent_variance(
         interpolation="nearest",
     )
     label = "normalised variance\n(grey = inactive dim)" if np.isnan(data).any() else None
-    fig.colorbar(im, ax=ax_a, label=label or "normalised variance", pad=0.01)
-    ax_a.set_yticks(np.arange(k + 1), [*classes, "random"], fontsize=7)
-    ax_a.axhline(k - 0.5, color="white", lw=2)  # set the random-groups row apart from the classes
-    ax_a.set_title(
+    fig.colorbar(im, ax=ax, label=label or "normalised variance", pad=0.01)
+    ax.set_yticks(np.arange(k + 1), [*classes, "random"], fontsize=7)
+    ax.axhline(k - 0.5, color="white", lw=2)  # set the random-groups row apart from the classes
+    ax.set_title(
         "(a) same class: variance of each latent within one class / over all classes",
         fontsize=10,
         pad=16,
     )
     for name, start, stop in blocks:
-        ax_a.annotate(
+        ax.annotate(
             name,
             xy=((start + stop - 1) / 2, 1.0),
             xycoords=("data", "axes fraction"),
@@ -193,52 +218,68 @@ def plot_latent_variance(
             fontweight="bold",
             color=GROUP_COLOURS[name],
         )
-    _group_lines(ax_a, blocks)
+    _group_lines(ax, blocks)
 
-    # (b) the mean over classes; an all-NaN column (inactive dim) has no bar rather than a warning
+
+def _variance_means(
+    ax: Axes,
+    w: np.ndarray,
+    rnd: np.ndarray,
+    colours: list[str],
+    groups: list[str],
+    blocks: list[tuple[str, int, int]],
+) -> None:
+    """Panel (b): the mean over classes; an all-NaN column (inactive dim) has no bar rather
+    than a warning."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    k, d = w.shape
+    x = np.arange(d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(w, axis=0) if k else np.full(d, np.nan)
     shown = np.isfinite(mean)
-    ax_b.bar(x[shown], mean[shown], width=0.8, color=np.array(colours)[shown])
-    ax_b.plot(x, rnd, ls="none", marker="D", ms=3.5, color="black", zorder=5)
-    ax_b.axhline(1.0, color="grey", ls=":", lw=1)
-    ax_b.set_ylim(bottom=0.0)
-    ax_b.set_ylabel("normalised variance", fontsize=8)
-    ax_b.set_title("(b) mean over classes of the within-class variance", fontsize=10)
+    ax.bar(x[shown], mean[shown], width=0.8, color=np.array(colours)[shown])
+    ax.plot(x, rnd, ls="none", marker="D", ms=3.5, color="black", zorder=5)
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    ax.set_ylim(bottom=0.0)
+    ax.set_ylabel("normalised variance", fontsize=8)
+    ax.set_title("(b) mean over classes of the within-class variance", fontsize=10)
     present = [g for g in GROUP_COLOURS if g in groups]
     handles = [Patch(color=GROUP_COLOURS[g], label=g) for g in present]
     handles += [
         Line2D([], [], ls="none", marker="D", ms=3.5, color="black", label="random groups"),
         Line2D([], [], ls=":", color="grey", label="1.0 = no class information"),
     ]
-    ax_b.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
-    _group_lines(ax_b, blocks)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    _group_lines(ax, blocks)
 
-    # (c) activity on a log axis; values are floored so dead dims (variance ~0) still get a bar
+
+def _activity_bars(
+    ax: Axes,
+    act: np.ndarray,
+    colours: list[str],
+    active_threshold: float,
+    blocks: list[tuple[str, int, int]],
+) -> None:
+    """Panel (c): activity on a log axis; values are floored so dead dims (variance ~0) still
+    get a bar."""
     floor = 1e-6
     vals = np.clip(np.nan_to_num(act, nan=0.0), floor, None)
     thr = max(float(active_threshold), floor)
     # one decade below the smallest value, so a floored (dead) dim still shows a stub of a bar
     bottom = 10.0 ** (np.floor(np.log10(min(vals.min(initial=thr), thr))) - 1)
     alpha = np.where(vals < thr, 0.35, 1.0)  # fade inactive dims
-    for xi, v, c, a in zip(x, vals, colours, alpha, strict=True):
-        ax_c.bar(xi, v - bottom, bottom=bottom, width=0.8, color=c, alpha=a)
-    ax_c.axhline(thr, color="black", ls="--", lw=1, label=f"active threshold ({thr:g})")
-    ax_c.set_yscale("log")
-    ax_c.set_ylim(bottom, max(float(vals.max(initial=thr)), thr) * 3)
-    ax_c.set_ylabel("variance", fontsize=8)
-    ax_c.set_title("(c) activity: variance of the posterior mean over all images", fontsize=10)
-    ax_c.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
-    _group_lines(ax_c, blocks)
-
-    ax_c.set_xticks(x, dim_names, rotation=90, fontsize=7)
-    ax_c.set_xlim(-0.5, d - 0.5)
-    for ax in (ax_a, ax_b, ax_c):
-        ax.tick_params(labelsize=7)
-    # supxlabel (unlike fig.text) is placed by the constrained layout, so it never overlaps ticks
-    fig.supxlabel(textwrap.fill(normalisation, width=int(width * 14)), fontsize=8)
-    _save(fig, path)
+    for xi, v, c, a in zip(np.arange(len(vals)), vals, colours, alpha, strict=True):
+        ax.bar(xi, v - bottom, bottom=bottom, width=0.8, color=c, alpha=a)
+    ax.axhline(thr, color="black", ls="--", lw=1, label=f"active threshold ({thr:g})")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom, max(float(vals.max(initial=thr)), thr) * 3)
+    ax.set_ylabel("variance", fontsize=8)
+    ax.set_title("(c) activity: variance of the posterior mean over all images", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    _group_lines(ax, blocks)
 
 
 # -------------------------------------------------------------------------------- probe

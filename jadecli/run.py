@@ -8,9 +8,10 @@
       checkpoints/last.pt    model, optimiser, epoch, config, RNG states (weights_only loadable)
 
 Every file is written to a temporary file in the same folder and `os.replace`d into place, so a
-crash leaves the previous version intact. An existing non-empty folder is never reused unless the
-user asked for `--resume` or `--overwrite`, and `--overwrite` only ever deletes a folder that is
-itself a jadecli run.
+crash, a full disk or a kill leaves the previous version intact; a write that fails raises
+`StorageError`, one line naming the file and the reason. An existing non-empty folder is never
+reused unless the user asked for `--resume` or `--overwrite`, and `--overwrite` only ever
+deletes a folder that is itself a jadecli run.
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from jadecli.errors import RunDirError
+from jadecli import __version__
+from jadecli.errors import RunDirError, StorageError
 
-SCHEMA_VERSION = 1
+# The run folder's formats. A folder or checkpoint of another version gets one line naming the
+# version that wrote it; there are no compatibility layers for unreleased versions.
+SCHEMA_VERSION = 2  # manifest.yaml
+CHECKPOINT_FORMAT = 2  # checkpoints/*.pt
 MANIFEST = "manifest.yaml"
 METRICS = "metrics.csv"
 LABELED = "labeled_indices.csv"
@@ -45,24 +50,36 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+def now() -> str:
+    """The time for manifests and events: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A failure (no space, no permission, a signal) leaves `path` as it was and no temporary file;
+    an OSError becomes a `StorageError` naming `path`."""
+    tmp: Path | None = None
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        with open(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _file_mode())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise StorageError(path, err.strerror or str(err)) from None
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -129,7 +146,7 @@ class RunDir:
         try:
             (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RunDirError(f"--out {out}: cannot create it ({err.strerror})") from None
+            raise StorageError(out, err.strerror or str(err)) from None
         return cls(out)
 
     def discard(self) -> None:
@@ -137,15 +154,14 @@ class RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
-    def open(cls, path: Path, flag: str = "RUN") -> RunDir:
-        """An existing run; its manifest must be readable and of a schema we understand."""
+    def open(cls, path: Path, flag: str = "RUN") -> tuple[RunDir, dict[str, Any]]:
+        """An existing run and its manifest, which must be readable and of this schema."""
         if not path.is_dir():
             raise RunDirError(f"{flag} {path}: no such folder")
         run = cls(path)
         if not run.manifest_path.is_file():
             raise RunDirError(f"{flag} {path} is not a jadecli run folder (no {MANIFEST})")
-        run.read_manifest()
-        return run
+        return run, run.read_manifest()
 
     # --- manifest ---
     def read_manifest(self) -> dict[str, Any]:
@@ -159,10 +175,17 @@ class RunDir:
         if not isinstance(data, dict) or "schema_version" not in data:
             raise RunDirError(f"{self.manifest_path} is not a jadecli manifest")
         version = data["schema_version"]
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
+            wrote = f"jadecli {data.get('jadecli_version', '(unknown version)')}"
+            newer = isinstance(version, int) and version > SCHEMA_VERSION
             raise RunDirError(
-                f"{self.manifest_path} has schema version {version}, newer than this jadecli "
-                f"understands ({SCHEMA_VERSION}); upgrade jadecli"
+                f"{self.manifest_path} has run schema {version}, written by {wrote}; this "
+                f"jadecli {__version__} reads schema {SCHEMA_VERSION}: "
+                + (
+                    "the run is newer, upgrade jadecli"
+                    if newer
+                    else "train the run again, or use the version that wrote it"
+                )
             )
         return data
 
@@ -193,11 +216,20 @@ class RunDir:
         ]
         atomic_write_text(self.path / LABELED, "\n".join(lines) + "\n")
 
+    def write_text(self, name: str, text: str) -> Path:
+        """A text file in the run folder (e.g. error.log), written atomically."""
+        path = self.path / name
+        atomic_write_text(path, text)
+        return path
+
     # --- checkpoints ---
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        """`state` (plain tensors and data) as checkpoints/last.pt, stamped with its format."""
+        # Serialised in memory, then written by Python: torch's own file writer reports a full
+        # disk as an opaque RuntimeError, Python's write as the OSError it is.
+        buf = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, "jadecli_version": __version__, **state}, buf)
+        atomic_write(self.checkpoint_path, buf.getbuffer())
 
     def load_checkpoint(self, path: Path | None = None) -> dict[str, Any]:
         path = path or self.checkpoint_path
@@ -212,6 +244,12 @@ class RunDir:
             ) from None
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise RunDirError(f"checkpoint {path} is not a jadecli checkpoint")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise RunDirError(
+                f"checkpoint {path} has format {state.get('format')}, written by jadecli "
+                f"{state.get('jadecli_version', '(unknown)')}; this jadecli {__version__} reads "
+                f"format {CHECKPOINT_FORMAT} only: train the run again"
+            )
         return state
 
 

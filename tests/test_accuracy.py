@@ -18,7 +18,7 @@ from jadecli.augment import Augment, augment, style_mix
 from jadecli.cli import app
 from jadecli.config import TrainConfig, load_yaml_config, resolve_train_config
 from jadecli.data.core import Dataset, ImageSet
-from jadecli.engine import prepare_pair
+from jadecli.data.pair import prepare_pair
 from jadecli.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +69,11 @@ def test_table1_example_is_the_paper_protocol():
     assert (cfg.labeled_selection, cfg.aux_per_class) == ("first", 4500)
 
 
-def test_runs_saved_before_the_new_options_reload_as_they_trained():
-    old = TrainConfig(**BASE).to_dict()
-    for key in ("arch", "augment", "aug_shift", "aug_rotate", "aug_scale", "aug_color"):
-        old.pop(key)
-    old.pop("loss_scale")
-    cfg = TrainConfig.from_dict(old)
-    assert (cfg.arch, cfg.augment, cfg.loss_scale) == ("paper", "none", "sum")
+def test_saved_configs_round_trip_and_unknown_keys_are_refused():
+    cfg = TrainConfig(**BASE)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(UsageError, match="unknown config keys: warmup"):
+        TrainConfig.from_dict({**cfg.to_dict(), "warmup": 5})
 
 
 @pytest.mark.parametrize(

@@ -387,7 +387,7 @@ def test_damaged_runs_fail_cleanly_and_stay_intact(runner, run_copy, command):
     (run / "manifest.yaml").write_text(yaml.safe_dump({**m, "schema_version": 99}))
     before = fingerprint(run)
     r = runner.invoke(app, [command, str(run)])
-    assert r.exit_code == 1 and "newer" in r.stderr
+    assert r.exit_code == 1 and "newer, upgrade jadecli" in r.stderr
     assert fingerprint(run) == before
     assert "Traceback" not in r.output
 

@@ -13,9 +13,10 @@ from conftest import tiny_synth_args
 from jadecli import compute
 from jadecli.cli import app
 from jadecli.config import TrainConfig
-from jadecli.engine import Trainer, load_data
+from jadecli.data.pair import training_data
 from jadecli.errors import UsageError
 from jadecli.progress import NullReporter
+from jadecli.trainer import Trainer
 
 CUDA = torch.cuda.is_available()
 CPU = torch.device("cpu")
@@ -61,7 +62,7 @@ def _trainer(synth_dir: Path, model: str, precision: str) -> Trainer:
         hidden_dim=32,
         precision=precision,
     )
-    return Trainer(cfg, load_data(cfg, NullReporter()), CPU, precision)
+    return Trainer(cfg, training_data(cfg, NullReporter()), CPU, precision)
 
 
 def test_training_images_are_normalised_once(synth_dir):
@@ -153,7 +154,7 @@ def test_cuda_trainer_keeps_data_on_the_gpu_and_fuses_adam(synth_dir):
         device="cuda",
     )
     dev = torch.device("cuda")
-    trainer = Trainer(cfg, load_data(cfg, NullReporter()), dev, "bf16")
+    trainer = Trainer(cfg, training_data(cfg, NullReporter()), dev, "bf16")
     assert trainer.lab_x.is_cuda and trainer.aux_x.is_cuda and trainer.lab_y.is_cuda
     assert trainer.optimizer.defaults.get("fused") is True
     row = trainer.run_epoch(0, NullReporter())

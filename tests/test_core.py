@@ -113,6 +113,20 @@ def test_reconstruction_bce_sums_over_pixels_and_is_stable():
     assert torch.isfinite(reconstruction_bce(extreme, torch.zeros(1, 1, 2, 2))).all()
 
 
+def spec_of(kind, primary, auxiliary, num_classes=4, hidden_dim=16, arch="paper"):
+    return ModelSpec(
+        kind=kind,
+        arch=arch,
+        primary_shape=primary,
+        auxiliary_shape=auxiliary,
+        num_classes=num_classes,
+        content_dim=10,
+        style_dim=10,
+        hidden_dim=hidden_dim,
+        dropout=0.5,
+    )
+
+
 @pytest.mark.parametrize(
     "primary, auxiliary",
     [
@@ -123,8 +137,7 @@ def test_reconstruction_bce_sums_over_pixels_and_is_stable():
     ],
 )
 def test_models_build_for_any_image_shapes(primary, auxiliary):
-    spec = ModelSpec("jade", primary, auxiliary, num_classes=4, hidden_dim=16)
-    model = JADE(spec)
+    model = JADE(spec_of("jade", primary, auxiliary))
     xa, xp = torch.rand(2, *auxiliary), torch.rand(2, *primary)
     out = model(xa, xp)
     assert out.recon_aux.shape == xa.shape and out.recon_primary.shape == xp.shape
@@ -132,12 +145,14 @@ def test_models_build_for_any_image_shapes(primary, auxiliary):
     terms = jade_terms(out, xa, xp, torch.tensor([0, 3]))
     assert all(torch.isfinite(v) for v in terms.values())
     for kind in ("single", "paired"):
-        m = build_model(ModelSpec(kind, primary, auxiliary, 4, hidden_dim=16))
-        assert m.classify_primary(xp).shape == (2, 4)
+        m = build_model(spec_of(kind, primary, auxiliary))
+        assert m.classify("primary", xp).shape == (2, 4)
+        if kind == "paired":
+            assert m.classify("auxiliary", xa).shape == (2, 4)
 
 
 def test_paper_architecture_sizes():
-    model = JADE(ModelSpec("jade", (3, 32, 32), (1, 28, 28), 10))
+    model = JADE(spec_of("jade", (3, 32, 32), (1, 28, 28), num_classes=10, hidden_dim=500))
     assert model.primary_encoder.cnn.out_shape == (8, 4, 4)  # 128 features, as in the paper
     assert model.aux_encoder.cnn.out_shape == (16, 4, 4)  # 28 -> 14 -> 7 -> 4
     assert model.primary_encoder.content_dim == 10 and model.primary_encoder.style_dim == 10
@@ -146,4 +161,4 @@ def test_paper_architecture_sizes():
     # prediction uses the posterior mean: deterministic in eval mode
     model.eval()
     x = torch.rand(3, 3, 32, 32)
-    assert torch.equal(model.classify_primary(x), model.classify_primary(x))
+    assert torch.equal(model.classify("primary", x), model.classify("primary", x))

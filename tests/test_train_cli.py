@@ -49,7 +49,7 @@ def test_train_writes_a_complete_run(runner, synth_dir, tmp_path, model):
     assert ("auxiliary test accuracy (synth-hand)" in result.output) == (model != "single")
 
     m = read_manifest(out)
-    assert m["schema_version"] == 1
+    assert m["schema_version"] == 2
     assert m["status"] == "completed"
     assert m["epochs_completed"] == 2
     assert m["config"]["model"] == model
@@ -243,3 +243,74 @@ def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
     with open(out / "labeled_indices.csv", newline="") as fh:
         first = [int(r["index"]) for r in csv.DictReader(fh)]
     assert first == list(range(50))  # labels cycle 0..9, so the first 5 of each class are 0..49
+
+
+def test_resume_with_more_epochs_keeps_the_planned_schedule(runner, synth_dir, tmp_path):
+    """The cosine schedule is planned over the 2 epochs the run started with; the 2 epochs a
+    resume adds train at the rate it ended with (lr / 100), never jumping back up."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    steps = read_manifest(out)["training"]["steps_per_epoch"]
+    more = ["train", "--out", str(out), "--resume", "--epochs", "4", "--no-progress"]
+    result = runner.invoke(app, more)
+    assert result.exit_code == 0, result.output
+    lrs = [float(r["lr"]) for r in read_metrics(out)]
+    assert lrs[0] > lrs[1] > lrs[2] == lrs[3] == pytest.approx(1e-5)
+    m = read_manifest(out)
+    assert m["training"]["schedule_steps"] == 2 * steps
+    assert m["training"]["total_steps"] == 4 * steps and m["config"]["epochs"] == 4
+    assert load_ckpt(out / "checkpoints" / "last.pt")["schedule_steps"] == 2 * steps
+
+
+def test_runs_of_another_schema_or_checkpoint_format_get_one_line(runner, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    manifest_path = out / "manifest.yaml"
+    good = manifest_path.read_text()
+    m = read_manifest(out)
+    manifest_path.write_text(yaml.safe_dump({**m, "schema_version": 1, "jadecli_version": "0.0.9"}))
+    for args in (["train", "--out", str(out), "--resume"], ["evaluate", str(out)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        (line,) = [x for x in result.output.splitlines() if x.startswith("error: ")]
+        assert "run schema 1, written by jadecli 0.0.9" in line and "train the run again" in line
+    manifest_path.write_text(good)
+    ckpt = out / "checkpoints" / "last.pt"
+    state = load_ckpt(ckpt)
+    torch.save({**state, "format": 1}, ckpt)
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "3"])
+    assert result.exit_code == 1 and "has format 1" in result.output
+    assert "train the run again" in result.output
+
+
+def test_resume_refuses_a_folder_whose_checkpoint_and_manifest_disagree(
+    runner, synth_dir, tmp_path
+):
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    m = read_manifest(out)
+    m["config"]["lr"] = 0.5
+    (out / "manifest.yaml").write_text(yaml.safe_dump(m))
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "3"])
+    assert result.exit_code == 1
+    assert "was trained with lr = 0.001" in result.output and "inconsistent" in result.output
+
+
+def test_resume_of_a_run_that_trained_every_epoch_but_was_stopped_marks_it_completed(
+    runner, synth_dir, tmp_path
+):
+    """A signal between the last checkpoint and the final manifest write leaves every epoch
+    trained but the run marked interrupted; resuming it has nothing to train, and says so."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
+    m = read_manifest(out)
+    final = m["final_metrics"]
+    stopped = {**m, "status": "interrupted", "epochs_completed": 1, "final_metrics": None}
+    (out / "manifest.yaml").write_text(yaml.safe_dump(stopped, sort_keys=False))
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "already completed 2 epochs" in result.output
+    m = read_manifest(out)
+    assert m["status"] == "completed" and m["events"][-1]["event"] == "completed"
+    assert m["epochs_completed"] == 2
+    assert m["final_metrics"] == pytest.approx(final, rel=1e-5)  # rebuilt from metrics.csv

@@ -19,25 +19,28 @@ import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from jadecli.compute import autocast, native_bf16, place_model, resolve_precision, to_input
+from jadecli.compute import (
+    analysis_precision,
+    autocast,
+    place_model,
+    resolve_device,
+    to_input,
+)
 from jadecli.config import RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
-from jadecli.data.registry import align_classes, load_dataset
-from jadecli.data.sampling import first_per_class, labeled_subset
-from jadecli.engine import prepare_pair, resolve_device
-from jadecli.errors import DataError, JadeError, RunDirError, UsageError
-from jadecli.model import JADE, ModelSpec, build_model
+from jadecli.data.pair import aux_used_index, load_pair
+from jadecli.data.sampling import labeled_subset
+from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
+from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
 from jadecli.progress import Reporter
-from jadecli.run import LABELED, RunDir, atomic_write_text
+from jadecli.run import LABELED, RunDir, atomic_write_text, now
 
-ROLES = ("primary", "auxiliary")
+ROLES = (PRIMARY, AUXILIARY)
 ANALYSIS_DIR = "analysis"
 
 
@@ -51,13 +54,14 @@ class LoadedRun:
     status: str
     cfg: TrainConfig
     spec: ModelSpec
-    model: nn.Module
+    model: RoleModel
     epoch: int  # epochs trained into the checkpoint
     checkpoint_path: Path
     device: torch.device
     datasets: dict[str, Dataset]  # "primary" and, for paired/JADE runs, "auxiliary"
-    labeled_index: torch.Tensor  # the labeled subset, indices into the primary training split
-    aux_used_index: torch.Tensor | None  # auxiliary training images used (None = all)
+    # per role, the training images the run used (indices; None = all): the labeled subset of
+    # the primary, the --aux-per-class images of the auxiliary
+    used_index: dict[str, torch.Tensor | None]
     precision: str = "fp32"  # fp32 | bf16, resolved for this device
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -69,18 +73,13 @@ class LoadedRun:
         return self.spec.kind
 
     @property
-    def is_jade(self) -> bool:
-        return isinstance(self.model, JADE)
-
-    @property
     def classes(self) -> list[str]:
-        return self.datasets["primary"].classes
+        return self.datasets[PRIMARY].classes
 
     def images(self, role: str, split: str, limit: int | None = None) -> ImageSet | None:
         """One split of one dataset (None if that part is empty), the first `limit` images."""
         ds = self.datasets[role]
-        n_train = len(ds.train)
-        used = self.labeled_index if role == "primary" else self.aux_used_index
+        used = self.used_index[role]
         if split == "test":
             part = ds.test
         elif split == "train":
@@ -90,7 +89,7 @@ class LoadedRun:
         else:  # train-unlabeled
             if used is None:
                 return None
-            keep = torch.ones(n_train, dtype=torch.bool)
+            keep = torch.ones(len(ds.train), dtype=torch.bool)
             keep[used] = False
             part = ds.train.subset(torch.nonzero(keep).flatten())
         if limit is not None and len(part) > limit:
@@ -114,26 +113,13 @@ def open_run(
 
     `need_decoder` names a command that only works on JADE runs; `check_spec` validates flags
     that depend on the model (both run before any data is loaded)."""
-    run = RunDir.open(source.run, flag="RUN")
-    manifest = run.read_manifest()
+    run, manifest = RunDir.open(source.run, flag="RUN")
     status = str(manifest.get("status", "unknown"))
-    if source.checkpoint is not None:
-        if not source.checkpoint.is_file():
-            raise RunDirError(f"--checkpoint {source.checkpoint}: no such file")
-        ckpt_path = source.checkpoint
-    else:
-        ckpt_path = run.checkpoint_path
-        if not ckpt_path.is_file():
-            error = manifest.get("error")
-            why = f"status {status}" + (f": {error}" if error else "")
-            raise RunDirError(
-                f"RUN {source.run} has no checkpoint ({ckpt_path} is missing; {why}); there is "
-                "nothing to analyse"
-            )
+    ckpt_path = _checkpoint_path(source, run, manifest, status)
     state = run.load_checkpoint(ckpt_path)
     cfg, spec = _config_and_spec(state, ckpt_path)
     epoch = int(state["epoch"])
-    if need_decoder and spec.kind != "jade":
+    if need_decoder and not spec.generative:
         raise UsageError(
             f"jade {need_decoder}: {source.run} is a {spec.kind} run, which has no decoder; "
             f"{need_decoder} needs a run trained with --model jade"
@@ -150,31 +136,17 @@ def open_run(
             f"{source.run} {status}; analysing its last good checkpoint (epoch {epoch} of "
             f"{cfg.epochs})"
         )
-    saved = manifest.get("config")
-    if isinstance(saved, dict) and saved.get("model") != cfg.model:
-        reporter.warn(
-            f"{ckpt_path} holds a {cfg.model} model but {source.run} is a {saved.get('model')} "
-            "run; analysing the checkpoint with its own config"
-        )
-    model = build_model(spec)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise RunDirError(
-            f"checkpoint {ckpt_path} does not match the model it describes ({first})"
-        ) from None
+    model = _load_model(spec, state, ckpt_path)
     device = resolve_device(source.device)
-    precision = _precision(source.precision, manifest, device, reporter)
+    trained = str(manifest.get("precision", "fp32"))
+    precision = analysis_precision(source.precision, trained, device, reporter.warn)
     place_model(model, device).eval()  # channels-last: 2-4x faster convolutions on CPU
 
     datasets = _load_datasets(cfg, manifest, source, reporter)
     _check_datasets(datasets, state, spec, manifest, ckpt_path, reporter)
-    labeled = _labeled_index(run, cfg, datasets["primary"], reporter)
-    aux_used = None
-    if "auxiliary" in datasets and cfg.aux_per_class is not None:
-        aux = datasets["auxiliary"]
-        aux_used = first_per_class(aux.train.labels, aux.classes, cfg.aux_per_class, aux.name)
+    used: dict[str, torch.Tensor | None] = {PRIMARY: _labeled_index(run, cfg, datasets, reporter)}
+    if AUXILIARY in datasets:
+        used[AUXILIARY] = aux_used_index(cfg, datasets[AUXILIARY])
     return LoadedRun(
         source=source,
         run=run,
@@ -187,38 +159,31 @@ def open_run(
         checkpoint_path=ckpt_path,
         device=device,
         datasets=datasets,
-        labeled_index=labeled,
-        aux_used_index=aux_used,
+        used_index=used,
         precision=precision,
     )
 
 
-def _precision(
-    requested: str, manifest: dict[str, Any], device: torch.device, reporter: Reporter
-) -> str:
-    """`auto`: the precision the run trained in where this device runs it natively, so that
-    evaluate repeats training's accuracy; fp32 otherwise (and for runs that predate it)."""
-    if requested != "auto":
-        return resolve_precision(requested, device, reporter.warn)
-    trained = manifest.get("precision")
-    return "bf16" if trained == "bf16" and native_bf16(device) else "fp32"
+def _checkpoint_path(source: RunSource, run: RunDir, manifest: dict[str, Any], status: str) -> Path:
+    """`--checkpoint`, else the run's last checkpoint; a clear error when there is none."""
+    if source.checkpoint is not None:
+        if not source.checkpoint.is_file():
+            raise RunDirError(f"--checkpoint {source.checkpoint}: no such file")
+        return source.checkpoint
+    if not run.checkpoint_path.is_file():
+        error = manifest.get("error")
+        why = f"status {status}" + (f": {error}" if error else "")
+        raise RunDirError(
+            f"RUN {source.run} has no checkpoint ({run.checkpoint_path} is missing; {why}); "
+            "there is nothing to analyse"
+        )
+    return run.checkpoint_path
 
 
 def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, ModelSpec]:
     try:
         cfg = TrainConfig.from_dict(dict(state["config"]))
-        s = dict(state["model_spec"])
-        spec = ModelSpec(
-            kind=str(s["kind"]),
-            primary_shape=_shape(s["primary_shape"]),
-            auxiliary_shape=_shape(s["auxiliary_shape"]) if s.get("auxiliary_shape") else None,
-            num_classes=int(s["num_classes"]),
-            content_dim=int(s["content_dim"]),
-            style_dim=int(s["style_dim"]),
-            hidden_dim=int(s["hidden_dim"]),
-            dropout=float(s["dropout"]),
-            arch=str(s.get("arch", "paper")),  # runs before --arch were all paper
-        )
+        spec = ModelSpec.from_dict(dict(state["model_spec"]))
     except (KeyError, TypeError, ValueError, JadeError) as err:
         raise RunDirError(
             f"checkpoint {path} lacks a readable config or model description ({err}); it was not "
@@ -231,40 +196,37 @@ def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, Mo
     return cfg, spec
 
 
-def _shape(value: Any) -> tuple[int, int, int]:
-    c, h, w = (int(v) for v in value)
-    return c, h, w
+def _load_model(spec: ModelSpec, state: dict[str, Any], path: Path) -> RoleModel:
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise RunDirError(
+            f"checkpoint {path} does not match the model it describes ({first})"
+        ) from None
+    return model
 
 
 def _load_datasets(
     cfg: TrainConfig, manifest: dict[str, Any], source: RunSource, reporter: Reporter
 ) -> dict[str, Dataset]:
+    """The run's datasets, as training saw them (size, padding, channels)."""
     data_dir = Path(source.data_dir or cfg.data_dir or default_data_dir()).expanduser()
     recorded = manifest.get("datasets") or {}
-    out: dict[str, Dataset] = {}
-    for role in ROLES:
-        spec = cfg.primary if role == "primary" else cfg.auxiliary
-        if role == "auxiliary" and (cfg.model == "single" or not spec):
-            continue
-        assert spec is not None
-        size = cfg.primary_size if role == "primary" else cfg.auxiliary_size
-        spec = _locate_folder(spec, (recorded.get(role) or {}).get("root"), source.data_dir)
-        reporter.info(f"loading {spec} ({role})")
-        try:
-            pad = cfg.primary_pad if role == "primary" else cfg.auxiliary_pad
-            dataset = load_dataset(spec, data_dir, False, size, reporter.warn, f"--{role}")
-            out[role] = dataset.padded(pad)
-        except DataError as err:
-            raise DataError(
-                f"cannot reload the run's {role} dataset: {err} (pass --data-dir DIR if the data "
-                "moved)"
-            ) from None
-    if "auxiliary" in out:
-        align_classes(out["primary"], out["auxiliary"])
-        # as training saw them (channels for --arch shared and --style-mix)
-        out["primary"], out["auxiliary"], _ = prepare_pair(
-            out["primary"], out["auxiliary"], cfg.arch, cfg.style_mix
-        )
+
+    def locate(role: str, name: str) -> str:
+        return _locate_folder(name, (recorded.get(role) or {}).get("root"), source.data_dir)
+
+    try:
+        pair = load_pair(cfg, data_dir, reporter, locate=locate)
+    except DataError as err:
+        raise DataError(
+            f"cannot reload the run's datasets: {err} (pass --data-dir DIR if the data moved)"
+        ) from None
+    out = {PRIMARY: pair.primary}
+    if pair.auxiliary is not None:
+        out[AUXILIARY] = pair.auxiliary
     return out
 
 
@@ -294,7 +256,7 @@ def _check_datasets(
     ckpt_path: Path,
     reporter: Reporter,
 ) -> None:
-    primary = datasets["primary"]
+    primary = datasets[PRIMARY]
     classes = state.get("classes")
     if isinstance(classes, list) and list(map(str, classes)) != primary.classes:
         raise DataError(
@@ -302,7 +264,7 @@ def _check_datasets(
             f"the checkpoint was trained on ({', '.join(map(str, classes))}); was the data "
             "changed? pass --data-dir DIR to point at the original data"
         )
-    shapes = {"primary": spec.primary_shape, "auxiliary": spec.auxiliary_shape}
+    shapes = {PRIMARY: spec.primary_shape, AUXILIARY: spec.auxiliary_shape}
     recorded = manifest.get("datasets") or {}
     for role, ds in datasets.items():
         if ds.image_shape != shapes[role]:
@@ -326,9 +288,10 @@ def _fmt_shape(shape: tuple[int, int, int] | None) -> str:
 
 
 def _labeled_index(
-    run: RunDir, cfg: TrainConfig, primary: Dataset, reporter: Reporter
+    run: RunDir, cfg: TrainConfig, datasets: dict[str, Dataset], reporter: Reporter
 ) -> torch.Tensor:
     """The labeled subset as `labeled_indices.csv` recorded it (recomputed if that is missing)."""
+    primary = datasets[PRIMARY]
     path = run.path / LABELED
     n_train = len(primary.train)
     if path.is_file():
@@ -372,27 +335,17 @@ def _labeled_index(
 def encode(
     loaded: LoadedRun, role: str, images: torch.Tensor, batch_size: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Posterior parameters (JADE: mu_c, logvar_c, mu_s, logvar_s) or bottleneck features
-    (single/paired: features) of uint8 images, on the CPU, in batches."""
-    model, device = loaded.model, loaded.device
+    """`model.codes` of uint8 images (JADE: mu_c, logvar_c, mu_s, logvar_s; single/paired:
+    features), on the CPU, in batches."""
     batch = batch_size or loaded.source.batch_size
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch):
-        x = to_input(images[start : start + batch], device)  # (B, C, H, W)
+        x = to_input(images[start : start + batch], loaded.device)  # (B, C, H, W)
         with loaded.autocast():
-            out = _codes(model, role, x)
+            out = loaded.model.codes(role, x)
         for k, v in out.items():
             parts.setdefault(k, []).append(v.float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def _codes(model: nn.Module, role: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    if isinstance(model, JADE):
-        enc = model.primary_encoder if role == "primary" else model.aux_encoder
-        q = enc(x)
-        return {"mu_c": q.mu_c, "logvar_c": q.logvar_c, "mu_s": q.mu_s, "logvar_s": q.logvar_s}
-    features = getattr(model, "primary_features" if role == "primary" else "aux_features")
-    return {"features": features(x)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -477,7 +430,7 @@ def record(loaded: LoadedRun, entry: dict[str, Any], reporter: Reporter) -> bool
         )
         return False
     manifest = loaded.run.read_manifest()  # re-read: append to what is on disk now
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = now()
     command = loaded.source.command
     full = {"time": stamp, "command": " ".join(shlex.quote(a) for a in command), **entry}
     analyses = manifest.get("analyses")
@@ -487,8 +440,8 @@ def record(loaded: LoadedRun, entry: dict[str, Any], reporter: Reporter) -> bool
     manifest["analyses"] = analyses
     try:
         loaded.run.write_manifest(manifest)
-    except OSError as err:
-        reporter.warn(f"could not record this in {loaded.run.manifest_path} ({err.strerror})")
+    except StorageError as err:
+        reporter.warn(f"could not record this in {loaded.run.manifest_path} ({err.reason})")
         return False
     return True
 

@@ -39,9 +39,10 @@ from jadecli.compute import to_input
 from jadecli.config import ConfigError, EvaluateConfig
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
-from jadecli.model import JADE
-from jadecli.objective import kl_normal, kl_standard_normal, reconstruction_bce
+from jadecli.objective import kl_normal
 from jadecli.progress import Reporter
+
+ELBO_TERMS = ("recon", "kl_style", "kl_content")  # per image, from model.evaluate_batch
 
 
 @dataclass
@@ -110,43 +111,19 @@ def _evaluate_part(
     model, device, k = loaded.model, loaded.device, loaded.spec.num_classes
     batch = loaded.source.batch_size
     gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "evaluate", role))
-    preds, mu_c, logvar_c = [], [], []
+    preds: list[torch.Tensor] = []
+    elbo = torch.zeros(len(ELBO_TERMS), dtype=torch.float64)  # sums over images (JADE)
+    posterior: dict[str, list[torch.Tensor]] = {}  # content posteriors, for the pair KL
     nll = torch.zeros((), dtype=torch.float64)
-    elbo_sums = torch.zeros(3, dtype=torch.float64)  # recon, kl_style, kl_content
     for start in range(0, len(part), batch):
         x = to_input(part.images[start : start + batch], device)  # (B, C, H, W)
         y = part.labels[start : start + batch].to(device)
-        if isinstance(model, JADE):
-            enc = model.primary_encoder if role == "primary" else model.aux_encoder
-            dec = model.primary_decoder if role == "primary" else model.aux_decoder
-            with loaded.autocast():  # the run's precision; the ELBO terms are fp32
-                q = enc(x).float()
-                logits = model.classifier(q.mu_c)  # prediction from the posterior mean
-            z_s = (
-                q.mu_s
-                + torch.randn(q.mu_s.shape, generator=gen, device=device) * (0.5 * q.logvar_s).exp()
-            )
-            z_c = (
-                q.mu_c
-                + torch.randn(q.mu_c.shape, generator=gen, device=device) * (0.5 * q.logvar_c).exp()
-            )
-            with loaded.autocast():
-                recon_logits = dec(torch.cat([z_s, z_c], 1)).float()  # (B, C, H, W)
-            recon = reconstruction_bce(recon_logits, x)  # (B,)
-            terms = torch.stack(
-                [
-                    recon.sum(),
-                    kl_standard_normal(q.mu_s, q.logvar_s).sum(),
-                    kl_standard_normal(q.mu_c, q.logvar_c).sum(),
-                ]
-            )
-            elbo_sums += terms.double().cpu()
-            mu_c.append(q.mu_c.float().cpu())
-            logvar_c.append(q.logvar_c.float().cpu())
-        else:
-            classify = getattr(model, f"classify_{'primary' if role == 'primary' else 'aux'}")
-            with loaded.autocast():
-                logits = classify(x)
+        with loaded.autocast():  # the run's precision; the ELBO terms are fp32
+            logits, per_image = model.evaluate_batch(role, x, gen)
+        if per_image:
+            elbo += torch.stack([per_image[t].sum() for t in ELBO_TERMS]).double().cpu()
+            for name in ("mu_c", "logvar_c"):
+                posterior.setdefault(name, []).append(per_image[name].float().cpu())
         nll += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
         preds.append(logits.argmax(1).cpu())
     n = len(part)
@@ -170,9 +147,8 @@ def _evaluate_part(
         "confusion": confusion.tolist(),
         "elbo": None,
     }
-    kept: dict[str, torch.Tensor] = {}
-    if isinstance(model, JADE):
-        recon, kl_s, kl_c = (float(v) / n for v in elbo_sums)
+    if posterior:
+        recon, kl_s, kl_c = (float(v) / n for v in elbo)
         result["elbo"] = {
             "recon": recon,
             "kl_style": kl_s,
@@ -180,8 +156,7 @@ def _evaluate_part(
             "elbo": -(recon + kl_s + kl_c),
             "pixels": int(part.images[0].numel()),
         }
-        kept = {"mu_c": torch.cat(mu_c), "logvar_c": torch.cat(logvar_c)}
-    return result, kept
+    return result, {name: torch.cat(values) for name, values in posterior.items()}
 
 
 def _kl_match(

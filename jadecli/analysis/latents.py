@@ -138,7 +138,7 @@ def _analyse(
     ds = loaded.datasets[role]
     k = loaded.spec.num_classes
     notes: list[str] = []
-    if loaded.is_jade:
+    if loaded.spec.generative:
         z = torch.cat([codes["mu_c"], codes["mu_s"]], 1)  # (N, C + S): content first
         n_c, n_s = codes["mu_c"].shape[1], codes["mu_s"].shape[1]
         names = [f"content_{i}" for i in range(n_c)] + [f"style_{i}" for i in range(n_s)]
@@ -153,7 +153,7 @@ def _analyse(
         )
     # VAE latents live on the prior's scale, so 0.01 is meaningful; bottleneck features have no
     # fixed scale: there, only a constant feature is inactive.
-    threshold = ACTIVE_THRESHOLD if loaded.is_jade else 1e-12
+    threshold = ACTIVE_THRESHOLD if loaded.spec.generative else 1e-12
     prof = variance_profile(z, labels, k, threshold, cfg.seed, role)
     within, rand, active, activity = prof.within, prof.random_groups, prof.active, prof.activity
     sizes, group = prof.class_sizes, prof.group_size
@@ -166,7 +166,7 @@ def _analyse(
 
     content_within, style_within = group_mean("content"), group_mean("style")
     ratio = None
-    if loaded.is_jade:
+    if loaded.spec.generative:
         if style_within is None:
             notes.append("no active style dimension: every style latent collapsed to the prior")
         if content_within is None:
@@ -283,7 +283,7 @@ def _probes(
     role: str,
 ) -> list[dict[str, Any]]:
     """Held-out linear probes: fit on one half of the split, score on the other."""
-    if loaded.is_jade:
+    if loaded.spec.generative:
         feature_sets = {"content": codes["mu_c"], "style": codes["mu_s"]}
     else:
         feature_sets = {"features": codes["features"]}
@@ -386,11 +386,11 @@ def _write_role(out: Path, r: RoleLatents, loaded: LoadedRun) -> list[Path]:
         r.classes,
         f"{role} latents: {r.dataset}, {r.images} images ({loaded.kind} run, epoch {loaded.epoch})",
         NORMALISATION,
-        ACTIVE_THRESHOLD if loaded.is_jade else 1e-12,
+        ACTIVE_THRESHOLD if loaded.spec.generative else 1e-12,
     )
     files = [variance, dims, png]
     if r.probe:
-        groups = ["content", "style"] if loaded.is_jade else ["features"]
+        groups = ["content", "style"] if loaded.spec.generative else ["features"]
         probe_csv = out / f"{role}_probe.csv"
         write_csv(
             probe_csv,
@@ -398,7 +398,7 @@ def _write_role(out: Path, r: RoleLatents, loaded: LoadedRun) -> list[Path]:
             [[p["factor"], p["metric"], *(p[g] for g in groups), p["chance"]] for p in r.probe],
         )
         files.append(probe_csv)
-        if loaded.is_jade:
+        if loaded.spec.generative:
             probe_png = out / f"{role}_probe.png"
             plots.plot_probe(
                 probe_png,

@@ -136,20 +136,15 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
 # --------------------------------------------------------------------------- helpers
 
 
-def _encoder(model: JADE, role: str) -> Any:
-    return model.primary_encoder if role == "primary" else model.aux_encoder
-
-
 @torch.inference_mode()
 def _decode(model: JADE, role: str, z_s: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
-    dec = model.primary_decoder if role == "primary" else model.aux_decoder
-    return torch.sigmoid(dec(torch.cat([z_s, z_c], 1)).float())  # (B, C, H, W) in [0, 1]
+    return model.decode(role, z_s, z_c)  # (B, C, H, W) in [0, 1]
 
 
 @torch.inference_mode()
 def _classify(model: JADE, role: str, x: torch.Tensor) -> torch.Tensor:
     """The run's own prediction for images of `role`'s kind (posterior mean -> classifier)."""
-    return model.classifier(_encoder(model, role)(x).mu_c).argmax(1).cpu()
+    return model.classify(role, x).argmax(1).cpu()
 
 
 @torch.inference_mode()
@@ -171,8 +166,10 @@ def _pick(loaded: LoadedRun, role: str, part: ImageSet, n: int, seed: int) -> Pi
     index = torch.tensor(chosen, dtype=torch.long)
     sub = part.subset(index)
     x = to_input(sub.images, loaded.device)
+    model = loaded.model
+    assert isinstance(model, JADE)
     with loaded.autocast():
-        q = _encoder(loaded.model, role)(x).float()  # type: ignore[arg-type]
+        q = model.encoder(role)(x).float()
     return Picked(role, sub, index, x, q.mu_s, q.mu_c)
 
 
@@ -371,7 +368,7 @@ def _traverse(
     assert isinstance(model, JADE)
     role = p.role
     # each dimension's spread: std of its posterior mean over (up to 2,000 of) the split's images
-    enc = _encoder(model, role)
+    enc = model.encoder(role)
     mus_s, mus_c = [], []
     for start in range(0, len(spread_part), loaded.source.batch_size):
         x = spread_part.images[start : start + loaded.source.batch_size]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -143,13 +144,19 @@ def _check_synth_payload(payload: dict, n_train: int, n_test: int) -> None:
 
 
 def _save_cache(path: Path, payload: dict, warn: Warn) -> None:
+    """Cache generated data (written whole, then renamed); a failure only costs a warning."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(payload, buf)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
+        with open(fd, "wb") as fh:
+            fh.write(buf.getbuffer())
         os.replace(tmp, path)
     except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         warn(f"could not cache the generated data in {path.parent} ({err.strerror}); continuing")
 
 

@@ -1,0 +1,154 @@
+"""The primary/auxiliary pair as a run sees it: loaded, aligned, shaped for the model, subset.
+
+`load_pair` is the one way both `jade train` and the analysis commands load a run's datasets,
+so the analysis sees exactly the images (size, padding, channels) training saw;
+`training_data` adds what only training needs: the labeled subset and the auxiliary images used.
+
+    python -c "from jadecli.config import TrainConfig; from jadecli.data.pair import \
+training_data; from jadecli.progress import PlainReporter; d = training_data(TrainConfig(\
+primary='synth-street', auxiliary='synth-hand', n_labeled=100, data_dir='runs/data'), \
+PlainReporter()); print(d.primary.image_shape, len(d.labeled), len(d.aux_train))"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from jadecli.config import TrainConfig
+from jadecli.data.core import Dataset, ImageSet
+from jadecli.data.registry import align_classes, load_dataset
+from jadecli.data.sampling import first_per_class, labeled_subset
+from jadecli.errors import UsageError
+from jadecli.progress import Reporter
+
+
+@dataclass
+class Pair:
+    """The datasets as the model sees them (the auxiliary is None for a single classifier)."""
+
+    primary: Dataset
+    auxiliary: Dataset | None
+    primary_size: int | None  # the --primary-size used (--arch shared may choose it)
+    style_mix: float  # the --style-mix used
+
+
+@dataclass
+class TrainData(Pair):
+    labeled_index: torch.Tensor  # indices into primary.train
+    labeled: ImageSet
+    aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
+
+
+def load_pair(
+    cfg: TrainConfig,
+    data_dir: Path,
+    reporter: Reporter,
+    download: bool = False,
+    locate: Callable[[str, str], str] | None = None,
+) -> Pair:
+    """Load the run's datasets, align their classes and shape them for the model.
+
+    `locate(role, name)` may point a `folder:` dataset somewhere else (data that moved)."""
+
+    def load(role: str, size: int | None, pad: int) -> Dataset:
+        name = cfg.primary if role == "primary" else cfg.auxiliary
+        assert name
+        name = locate(role, name) if locate else name
+        reporter.info(f"loading {name} ({role})")
+        ds = load_dataset(name, data_dir, download, size, reporter.warn, f"--{role}")
+        return ds.padded(pad)
+
+    auxiliary = None
+    if cfg.uses_auxiliary:
+        auxiliary = load("auxiliary", cfg.auxiliary_size, cfg.auxiliary_pad)
+    primary_size = cfg.primary_size
+    if cfg.arch == "shared" and auxiliary is not None and primary_size is None:
+        _, h, w = auxiliary.image_shape  # one trunk: the primary takes the auxiliary's size
+        primary_size = h - 2 * cfg.primary_pad
+        if h != w or primary_size < 1:
+            raise UsageError(
+                f"--arch shared needs both datasets at one square size, but --auxiliary "
+                f"{cfg.auxiliary} is {h}x{w} (--primary-pad {cfg.primary_pad}); pass "
+                "--primary-size and --auxiliary-size"
+            )
+    primary = load("primary", primary_size, cfg.primary_pad)
+    mix = 0.0
+    if auxiliary is not None:
+        align_classes(primary, auxiliary)
+        primary, auxiliary, mix = prepare_pair(primary, auxiliary, cfg.arch, cfg.style_mix)
+    return Pair(primary, auxiliary, primary_size, mix)
+
+
+def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
+    """The pair plus the labeled subset and the auxiliary images used; `cfg.data_dir` must be
+    resolved (the run records where its data came from)."""
+    assert cfg.data_dir is not None
+    if cfg.auxiliary and not cfg.uses_auxiliary:
+        reporter.warn(f"--auxiliary {cfg.auxiliary} is not used by --model {cfg.model}")
+    pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
+    primary, auxiliary = pair.primary, pair.auxiliary
+    index = labeled_subset(
+        primary.train.labels,
+        primary.classes,
+        cfg.n_labeled,
+        cfg.labeled_selection,
+        cfg.seed,
+        primary.name,
+    )
+    aux_train = None
+    if auxiliary is not None:
+        used = aux_used_index(cfg, auxiliary)
+        aux_train = auxiliary.train if used is None else auxiliary.train.subset(used)
+    return TrainData(
+        primary=primary,
+        auxiliary=auxiliary,
+        primary_size=pair.primary_size,
+        style_mix=pair.style_mix,
+        labeled_index=index,
+        labeled=primary.train.subset(index),
+        aux_train=aux_train,
+    )
+
+
+def aux_used_index(cfg: TrainConfig, auxiliary: Dataset) -> torch.Tensor | None:
+    """The auxiliary training images a run trains on (`--aux-per-class`); None = all."""
+    if cfg.aux_per_class is None:
+        return None
+    train = auxiliary.train
+    return first_per_class(train.labels, auxiliary.classes, cfg.aux_per_class, auxiliary.name)
+
+
+def prepare_pair(
+    primary: Dataset, auxiliary: Dataset, arch: str, style_mix: float | None
+) -> tuple[Dataset, Dataset, float]:
+    """The two datasets as the model sees them, and the `--style-mix` to train with.
+
+    `--arch shared` feeds both through one CNN: a grey dataset beside a colour one gets 3
+    (identical) channels, and both must have one size. Style mixing needs the auxiliary in the
+    primary's channels too."""
+    (cp, hp, wp), (ca, ha, wa) = primary.image_shape, auxiliary.image_shape
+    if style_mix is None:  # default: on for a colour primary helped by a grey auxiliary
+        style_mix = 0.5 if (cp, ca) == (3, 1) and (hp, wp) == (ha, wa) else 0.0
+    if arch == "shared" or style_mix > 0:
+        what = "--arch shared" if arch == "shared" else f"--style-mix {style_mix}"
+        if (hp, wp) != (ha, wa):
+            raise UsageError(
+                f"{what} needs both datasets at one size, but the primary is {hp}x{wp} and the "
+                f"auxiliary {ha}x{wa}: pass --primary-size/--auxiliary-size (and the pads)"
+            )
+        if cp != ca and 1 not in (cp, ca):
+            raise UsageError(
+                f"{what} needs one channel count, but the primary has {cp} and the auxiliary {ca}"
+            )
+        if cp == 1 and ca > 1 and style_mix > 0:
+            raise UsageError(
+                f"--style-mix {style_mix}: the primary is grey and the auxiliary in colour; "
+                "pass --style-mix 0"
+            )
+        channels = max(cp, ca)
+        primary, auxiliary = primary.with_channels(channels), auxiliary.with_channels(channels)
+    return primary, auxiliary, style_mix

@@ -1,0 +1,186 @@
+"""Every option is declared once, as a config field: each field has its flag and each flag its
+field, every value given reaches the config, and one table of rules validates them."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+
+import jadecli.engine as engine
+from jadecli.cli import RUN_OPTIONS, app
+from jadecli.config import (
+    EvaluateConfig,
+    LatentsConfig,
+    ReconstructConfig,
+    TrainConfig,
+    field_names,
+    flag,
+)
+
+PACKAGE = Path(__file__).resolve().parent.parent / "jadecli"
+
+
+def command(name: str):
+    return typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "cli_only"),
+    [
+        ("train", TrainConfig, set(RUN_OPTIONS)),
+        ("evaluate", EvaluateConfig, {"fmt"}),
+        ("inspect-latents", LatentsConfig, {"fmt"}),
+        ("reconstruct", ReconstructConfig, {"fmt"}),
+    ],
+)
+def test_every_config_field_is_an_option_and_every_option_a_field(name, cls, cli_only):
+    params = {p.name: p for p in command(name).params}
+    assert set(params) - cli_only == set(field_names(cls))
+    assert cli_only <= set(params)
+    for f in fields(cls):
+        if f.name in params and f.name != "run":
+            assert flag(f.name) in params[f.name].opts  # the flag is the field's name
+
+
+# A value for every TrainConfig field, none of them its default (an ignored flag shows).
+SAMPLE = {
+    "primary": "mnist",
+    "auxiliary": "usps",
+    "n_labeled": 40,
+    "labeled_selection": "first",
+    "aux_per_class": 7,
+    "data_dir": "/data/elsewhere",
+    "download": True,
+    "primary_size": 20,
+    "auxiliary_size": 24,
+    "primary_pad": 2,
+    "auxiliary_pad": 3,
+    "model": "paired",
+    "arch": "paper",
+    "content_dim": 12,
+    "style_dim": 6,
+    "hidden_dim": 64,
+    "dropout": 0.25,
+    "augment": "primary",
+    "aug_shift": 0.05,
+    "aug_rotate": 5.0,
+    "aug_scale": 0.2,
+    "aug_color": 0.1,
+    "style_mix": 0.25,
+    "loss_scale": "sum",
+    "recon_weight": 2.0,
+    "kl_weight": 0.5,
+    "match_weight": 10.0,
+    "aux_ce_weight": 3.0,
+    "primary_ce_weight": 4.0,
+    "epochs": 3,
+    "epoch_size": "all",
+    "batch_size": 32,
+    "lr": 0.002,
+    "lr_schedule": "step",
+    "adam_beta1": 0.5,
+    "grad_clip": 5.0,
+    "seed": 11,
+    "device": "cpu",
+    "precision": "fp32",
+    "eval_every": 2,
+}
+
+
+def test_the_sample_covers_every_field_with_a_value_that_is_not_the_default():
+    assert set(SAMPLE) == set(field_names(TrainConfig))
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    assert [k for k, v in SAMPLE.items() if v == defaults[k]] == []
+
+
+def _capture(monkeypatch) -> dict:
+    seen: dict = {}
+
+    def fake_train(cfg, options, reporter):
+        seen["cfg"] = cfg
+        raise engine.UsageError("captured")  # stop before any work
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    return seen
+
+
+def test_every_flag_reaches_the_config(runner, monkeypatch, tmp_path):
+    seen = _capture(monkeypatch)
+    args = ["train", "--out", str(tmp_path / "run")]
+    for name, value in SAMPLE.items():
+        args += [flag(name)] if value is True else [flag(name), str(value)]
+    result = runner.invoke(app, args)
+    assert "captured" in result.output, result.output
+    assert seen["cfg"].to_dict() == SAMPLE
+
+
+def test_every_config_file_key_reaches_the_config(runner, monkeypatch, tmp_path):
+    seen = _capture(monkeypatch)
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in SAMPLE.items()}))
+    result = runner.invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "r")])
+    assert "captured" in result.output, result.output
+    assert seen["cfg"].to_dict() == SAMPLE
+
+
+# One table of rules: each rule's message names the flag, in the config and from the command line.
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("model", "vae", "--model must be one of single, paired, jade (got 'vae')"),
+        ("precision", "fp16", "--precision must be one of auto, fp32, bf16 (got 'fp16')"),
+        ("epochs", 0, "--epochs must be a positive integer (got 0)"),
+        ("n_labeled", 0, "--n-labeled must be a positive integer or 'all' (got 0)"),
+        ("eval_every", -1, "--eval-every must be 0 or a positive integer (got -1)"),
+        ("lr", 0.0, "--lr must be a positive number (got 0.0)"),
+        ("lr", float("nan"), "--lr must be a positive number (got nan)"),
+        ("grad_clip", -1.0, "--grad-clip must be a finite number >= 0 (got -1.0)"),
+        ("dropout", 1.0, "--dropout must be in [0, 1) (got 1.0)"),
+        ("aug_rotate", 200.0, "--aug-rotate must be between 0 and 180 (got 200.0)"),
+        ("device", "tpu", "--device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
+    ],
+)
+def test_one_rule_table_validates_every_field(name, value, message):
+    with pytest.raises(engine.UsageError) as err:
+        TrainConfig(**{"primary": "mnist", "auxiliary": "mnist", "n_labeled": 10, name: value})
+    assert str(err.value) == message
+
+
+def test_the_analysis_commands_share_the_device_rule(runner, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--device", "tpu"])
+    assert result.exit_code == 2
+    assert "error: --device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')" in result.output
+
+
+# --------------------------------------------------------------------------- the code's shape
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def test_no_function_in_the_package_is_longer_than_90_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in _functions(ast.parse(path.read_text())):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > 90:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
+
+
+def test_the_analysis_package_does_not_import_the_training_engine():
+    for path in sorted((PACKAGE / "analysis").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("jadecli.engine", "jadecli.trainer"), path
+            elif isinstance(node, ast.Import):
+                names = {a.name for a in node.names}
+                assert not names & {"jadecli.engine", "jadecli.trainer"}, path

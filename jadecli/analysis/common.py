@@ -33,8 +33,7 @@ from jadecli.compute import (
 )
 from jadecli.config import RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
-from jadecli.data.pair import aux_used_index, load_pair
-from jadecli.data.sampling import labeled_subset
+from jadecli.data.pair import aux_used_index, labeled_index, load_pair
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
 from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
 from jadecli.progress import Reporter
@@ -316,14 +315,7 @@ def _labeled_index(
                 )
             return index
     try:
-        return labeled_subset(
-            primary.train.labels,
-            primary.classes,
-            cfg.n_labeled,
-            cfg.labeled_selection,
-            cfg.seed,
-            primary.name,
-        )
+        return labeled_index(cfg, primary)
     except UsageError as err:
         raise DataError(f"cannot rebuild the labeled subset: {err}") from None
 

@@ -91,14 +91,7 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
         reporter.warn(f"--auxiliary {cfg.auxiliary} is not used by --model {cfg.model}")
     pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
     primary, auxiliary = pair.primary, pair.auxiliary
-    index = labeled_subset(
-        primary.train.labels,
-        primary.classes,
-        cfg.n_labeled,
-        cfg.labeled_selection,
-        cfg.seed,
-        primary.name,
-    )
+    index = labeled_index(cfg, primary)
     aux_train = None
     if auxiliary is not None:
         used = aux_used_index(cfg, auxiliary)
@@ -111,6 +104,14 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
         labeled_index=index,
         labeled=primary.train.subset(index),
         aux_train=aux_train,
+    )
+
+
+def labeled_index(cfg: TrainConfig, primary: Dataset) -> torch.Tensor:
+    """The labeled primary subset `--n-labeled`, `--labeled-selection` and `--seed` draw."""
+    train = primary.train
+    return labeled_subset(
+        train.labels, primary.classes, cfg.n_labeled, cfg.labeled_selection, cfg.seed, primary.name
     )
 
 

@@ -155,19 +155,20 @@ def _already_complete(restored: _Restored) -> TrainResult:
 def _session(reporter: Reporter, start: Callable[[], _Session]) -> TrainResult:
     """Start a session and train it to the end; any way out is mapped by `_failure`."""
     session: _Session | None = None
-    try:
-        with _signals_as_interrupts() as signals:
+    with _signals_as_interrupts() as signals:
+        try:
             session = start()
             seconds = _train_epochs(session, reporter)
-            signals.armed = False  # a signal now would only cost the record of success
+            signals.armed = False  # from here on a signal would only cost the record of it
             return _complete(session, seconds)
-    except BaseException as err:
-        error = _failure(session, err)
-        if error is None:
-            raise
-        raise error from None
-    finally:
-        reporter.close()
+        except BaseException as err:
+            signals.armed = False
+            error = _failure(session, err)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            reporter.close()
 
 
 # --------------------------------------------------------------------------- 1. open

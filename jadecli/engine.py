@@ -409,16 +409,20 @@ def _done(s: _Session) -> int:
 
 
 def _saved(s: _Session) -> str:
+    if _done(s) == 0:
+        return "no epoch was saved yet"
     return f"{_done(s)} epoch(s) are saved in {s.run.checkpoint_path}"
 
 
 def _kept(s: _Session) -> str:
     if _done(s) == 0:
-        return "no checkpoint was written (the first epoch did not finish)"
+        return "no checkpoint was written yet"
     return f"kept the last good checkpoint {s.run.checkpoint_path} (epoch {_done(s)})"
 
 
 def _again(s: _Session) -> str:
+    if _done(s) == 0:  # nothing to resume from
+        return "start it again with the same command and --overwrite"
     return f"continue with: jade train --out {s.run.path} --resume"
 
 

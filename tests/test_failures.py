@@ -296,6 +296,23 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(
 
 
 @linux_only
+def test_a_disk_too_small_for_one_checkpoint_says_to_start_again(
+    runner, small_data, tmp_path, monkeypatch, checkpoint_bytes
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    disk = TinyDisk(out, checkpoint_bytes // 2)
+    monkeypatch.setattr(os, "fsync", disk.fsync)
+    result = runner.invoke(app, small_args(small_data, out, epochs=1))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = error_lines(result.output)
+    assert "(No space left on device)" in line and "no checkpoint was written yet" in line
+    assert "start it again with the same command and --overwrite" in line
+    assert manifest(out)["status"] == "failed"
+    assert not (out / "checkpoints" / "last.pt").exists() and not list(out.rglob("*.tmp"))
+
+
+@linux_only
 def test_a_crash_on_a_full_disk_still_ends_in_one_line(runner, small_data, tmp_path, monkeypatch):
     """The error handler itself must not crash when neither error.log nor the manifest can be
     written."""

@@ -40,8 +40,7 @@ from jadecli.objective import (
     reconstruction_bce,
 )
 
-PRIMARY, AUXILIARY = "primary", "auxiliary"
-ROLES = (PRIMARY, AUXILIARY)
+PRIMARY, AUXILIARY = "primary", "auxiliary"  # the dataset roles every model answers by
 
 # (filters, max-pool after) per conv layer, from the authors' final code
 PRIMARY_CNN = ((64, True), (96, True), (64, True), (8, False))

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from jadecli import __version__
 from jadecli.augment import Augment, augment, style_mix
 from jadecli.compute import (
     EVAL_BATCH,
@@ -40,8 +39,6 @@ from jadecli.data.sampling import IndexStream, PairSampler, derive_seed
 from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
 from jadecli.objective import LossWeights, weighted_total
 from jadecli.progress import Reporter
-
-CHECKPOINT_FORMAT = 2
 
 
 def lr_at(cfg: TrainConfig, step: int, schedule_steps: int) -> float:
@@ -223,8 +220,6 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            "format": CHECKPOINT_FORMAT,
-            "jadecli_version": __version__,
             "epoch": epoch,
             "global_step": epoch * self.steps_per_epoch,
             "schedule_steps": self.schedule_steps,

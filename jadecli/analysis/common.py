@@ -39,7 +39,6 @@ from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
 from jadecli.progress import Reporter
 from jadecli.run import LABELED, RunDir, atomic_write_text, now
 
-ROLES = (PRIMARY, AUXILIARY)
 ANALYSIS_DIR = "analysis"
 
 

@@ -134,6 +134,12 @@ def open_run(
             f"{source.run} {status}; analysing its last good checkpoint (epoch {epoch} of "
             f"{cfg.epochs})"
         )
+    saved = manifest.get("config")
+    if isinstance(saved, dict) and saved.get("model") != cfg.model:
+        reporter.warn(
+            f"{ckpt_path} holds a {cfg.model} model but {source.run} is a {saved.get('model')} "
+            "run; analysing the checkpoint with its own config"
+        )
     model = _load_model(spec, state, ckpt_path)
     device = resolve_device(source.device)
     trained = str(manifest.get("precision", "fp32"))

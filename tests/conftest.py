@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
+
+from jadecli.cli import app
 
 # Keep the suite's timings stable on small CI machines.
 torch.set_num_threads(1)
@@ -97,9 +100,61 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_runs(
+    tmp_path_factory: pytest.TempPathFactory, synth_dir: Path
+) -> Iterator[dict[str, Path]]:
+    """One tiny finished run per model, trained once per test session, and what `jade train`
+    printed (`<run>/../<model>-output.txt`). Read only: copy a run before changing it (the
+    session ends with an error if a test changed one)."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for model in ("single", "paired", "jade"):
+        out = root / model
+        result = CliRunner().invoke(app, tiny_synth_args(synth_dir, out, model))
+        assert result.exit_code == 0, result.output
+        (root / f"{model}-output.txt").write_text(result.output)
+        runs[model] = out
+    before = {model: fingerprint(run) for model, run in runs.items()}
+    yield runs
+    changed = [model for model, run in runs.items() if fingerprint(run) != before[model]]
+    assert not changed, f"a test changed the shared trained runs {changed}: copy them first"
+
+
+def fingerprint(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder, by relative path, with its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _device_pinned(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """On a machine with a GPU, `--device auto` means CUDA: a test that relies on CPU results
+    (bit-exact repeats, `device: cpu` in the manifest) must say `--device cpu`. This makes a
+    test that leaves the device to `auto` fail on any machine, unless it is marked
+    `device_auto` (it then asserts what auto means wherever it runs)."""
+    if request.node.get_closest_marker("device_auto"):
+        yield
+        return
+    import jadecli.analysis.common
+    import jadecli.engine
+
+    unpinned: list[str] = []
+    for module in (jadecli.engine, jadecli.analysis.common):
+        real = module.resolve_device
+
+        def pinned(name: str, real=real) -> torch.device:
+            if name == "auto":
+                unpinned.append(name)
+            return real(name)
+
+        monkeypatch.setattr(module, "resolve_device", pinned)
+    yield
+    assert not unpinned, "this test leaves --device to auto: pass --device cpu"
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +164,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-# Small but real training settings for end-to-end tests.
+# Small but real training settings for end-to-end tests: CPU semantics (bit-exact repeats) on
+# any machine, and test accuracy only after the last epoch (tests that check per-epoch
+# evaluation ask for it with --eval-every 1).
 TINY = [
     "--epochs",
     "2",
@@ -119,6 +176,10 @@ TINY = [
     "50",
     "--hidden-dim",
     "32",
+    "--device",
+    "cpu",
+    "--eval-every",
+    "0",
     "--no-progress",
 ]
 

@@ -16,32 +16,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_synth_args
 from PIL import Image
 
 from jadecli.cli import app
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, synth_dir) -> dict[str, Path]:
-    """One tiny run per model, trained once for this module (copy before modifying)."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("trained")
-    runs = {}
-    for model in ("single", "paired", "jade"):
-        out = root / model
-        result = CliRunner().invoke(app, tiny_synth_args(synth_dir, out, model))
-        assert result.exit_code == 0, result.output
-        runs[model] = out
-    return runs
-
-
 @pytest.fixture()
-def run_copy(trained, tmp_path):
+def run_copy(trained_runs, tmp_path):
+    """A copy of the session's tiny run of a model, free to change."""
+
     def make(model: str) -> Path:
         dst = tmp_path / f"copy-{model}"
-        shutil.copytree(trained[model], dst)
+        shutil.copytree(trained_runs[model], dst)
         return dst
 
     return make
@@ -81,7 +67,7 @@ def assert_png(path: Path, min_side: int = 60) -> np.ndarray:
 def test_evaluate_jade_writes_tables_and_matches_training(runner, run_copy):
     run = run_copy("jade")
     before = read_manifest(run)
-    result = runner.invoke(app, ["evaluate", str(run)])
+    result = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "confusion matrix" in result.stdout and "ELBO" in result.stdout
     out = run / "analysis" / "evaluate-test"
@@ -121,10 +107,11 @@ def test_evaluate_jade_writes_tables_and_matches_training(runner, run_copy):
     assert entry["command"].startswith("jade evaluate")
 
 
+@pytest.mark.slow
 def test_evaluate_is_deterministic_and_appends(runner, run_copy):
     run = run_copy("jade")
-    r1 = runner.invoke(app, ["evaluate", str(run), "--format", "json"])
-    r2 = runner.invoke(app, ["evaluate", str(run), "--format", "json"])
+    r1 = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--format", "json"])
+    r2 = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--format", "json"])
     assert r1.exit_code == r2.exit_code == 0
     a, b = json.loads(r1.stdout), json.loads(r2.stdout)
     assert a["primary"]["elbo"] == b["primary"]["elbo"]
@@ -132,43 +119,39 @@ def test_evaluate_is_deterministic_and_appends(runner, run_copy):
     assert len(read_manifest(run)["analyses"]) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_json_pipes_through_a_real_shell(run_copy, tmp_path):
     run = run_copy("paired")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jadecli", "evaluate", str(run), "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    command = [sys.executable, "-m", "jadecli", "evaluate", str(run), "--device", "cpu"]
+    proc = subprocess.run([*command, "--format", "json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # stdout is pure JSON; messages went to stderr
-    assert 0 <= report["primary"]["accuracy"] <= 1
+    final = read_manifest(run)["final_metrics"]
+    assert report["primary"]["accuracy"] == final["primary_test_accuracy"]
     assert report["primary"]["elbo"] is None  # a paired model has no ELBO
     assert report["kl_match"] is None
-    proc = subprocess.run(
-        [sys.executable, "-m", "jadecli", "evaluate", str(run), "--format", "yaml"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = subprocess.run([*command, "--format", "yaml"], capture_output=True, text=True)
     assert yaml.safe_load(proc.stdout)["primary"]["accuracy"] == report["primary"]["accuracy"]
 
 
 def test_min_accuracy_gate(runner, run_copy):
     run = run_copy("single")
-    ok = runner.invoke(app, ["evaluate", str(run), "--min-accuracy", "0", "--format", "json"])
+    ok = runner.invoke(
+        app, ["evaluate", str(run), "--device", "cpu", "--min-accuracy", "0", "--format", "json"]
+    )
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["passed"] is True
-    bad = runner.invoke(app, ["evaluate", str(run), "--min-accuracy", "100%"])
+    bad = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--min-accuracy", "100%"])
     assert bad.exit_code == 3
     assert "below --min-accuracy 100.00%" in bad.stderr
     assert "Traceback" not in bad.output
     assert read_manifest(run)["analyses"][-1]["passed"] is False
-    wrong = runner.invoke(app, ["evaluate", str(run), "--min-accuracy", "85"])
+    wrong = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--min-accuracy", "85"])
     assert wrong.exit_code == 2
     assert "85%" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_splits_and_limit(runner, run_copy):
     run = run_copy("paired")
     m = read_manifest(run)
@@ -179,10 +162,14 @@ def test_evaluate_splits_and_limit(runner, run_copy):
         ("train-unlabeled", n_train - n_lab),
         ("train", n_train),
     ):
-        r = runner.invoke(app, ["evaluate", str(run), "--split", split, "--format", "json"])
+        r = runner.invoke(
+            app, ["evaluate", str(run), "--device", "cpu", "--split", split, "--format", "json"]
+        )
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["primary"]["images"] == expected
-    r = runner.invoke(app, ["evaluate", str(run), "--test-limit", "100", "--format", "json"])
+    r = runner.invoke(
+        app, ["evaluate", str(run), "--device", "cpu", "--test-limit", "100", "--format", "json"]
+    )
     rep = json.loads(r.stdout)
     assert rep["primary"]["images"] == 100 and rep["auxiliary"]["images"] == 100
     assert (run / "analysis" / "evaluate-test-first100" / "summary.json").is_file()
@@ -190,12 +177,25 @@ def test_evaluate_splits_and_limit(runner, run_copy):
 
 def test_evaluate_out_and_checkpoint_flags(runner, run_copy, tmp_path):
     run = run_copy("jade")
+    # another checkpoint of this model, whose classifier answers class 3 whatever it sees
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    biases = [k for k in state["model"] if k.startswith("classifier.") and k.endswith(".bias")]
+    last = max(biases, key=lambda k: int(k.split(".")[-2]))  # the output layer's bias
+    state["model"][last.replace("bias", "weight")].zero_()
+    state["model"][last].copy_(torch.nn.functional.one_hot(torch.tensor(3), 10) * 5.0)
     ckpt = tmp_path / "elsewhere.pt"
-    shutil.copy(run / "checkpoints" / "last.pt", ckpt)
+    torch.save(state, ckpt)
     out = tmp_path / "eval-out"
-    r = runner.invoke(app, ["evaluate", str(run), "--checkpoint", str(ckpt), "--out", str(out)])
+    r = runner.invoke(
+        app, ["evaluate", str(run), "--device", "cpu", "--checkpoint", str(ckpt), "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
-    assert (out / "summary.json").is_file() and (out / "confusion_primary.png").is_file()
+    assert (out / "confusion_primary.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    for role in ("primary", "auxiliary"):
+        confusion = np.array(summary[role]["confusion"])  # rows: true class, columns: predicted
+        assert confusion[:, 3].sum() == confusion.sum() == 2000
+        assert summary[role]["accuracy"] == confusion[3, 3] / 2000
     assert not (run / "analysis").exists()
     entry = read_manifest(run)["analyses"][0]
     assert entry["checkpoint"] == str(ckpt.resolve())
@@ -204,9 +204,10 @@ def test_evaluate_out_and_checkpoint_flags(runner, run_copy, tmp_path):
 # --------------------------------------------------------------------------- inspect-latents
 
 
+@pytest.mark.slow
 def test_inspect_latents_jade(runner, run_copy):
     run = run_copy("jade")
-    r = runner.invoke(app, ["inspect-latents", str(run), "--dataset", "both"])
+    r = runner.invoke(app, ["inspect-latents", str(run), "--device", "cpu", "--dataset", "both"])
     assert r.exit_code == 0, r.output
     assert "disentanglement ratio" in r.stdout
     out = run / "analysis" / "latents-test"
@@ -246,14 +247,16 @@ def test_inspect_latents_jade(runner, run_copy):
 
 def test_inspect_latents_paired_and_single_say_what_they_cannot_show(runner, run_copy):
     run = run_copy("paired")
-    r = runner.invoke(app, ["inspect-latents", str(run), "--format", "json"])
+    r = runner.invoke(app, ["inspect-latents", str(run), "--device", "cpu", "--format", "json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)["primary"]
     assert rep["disentanglement_ratio"] is None
     assert any("no style latents" in n for n in rep["notes"])
     assert rep["feature_within"] is not None
     single = run_copy("single")
-    r = runner.invoke(app, ["inspect-latents", str(single), "--dataset", "auxiliary"])
+    r = runner.invoke(
+        app, ["inspect-latents", str(single), "--device", "cpu", "--dataset", "auxiliary"]
+    )
     assert r.exit_code == 2
     assert "no auxiliary dataset" in r.stderr
 
@@ -298,11 +301,23 @@ def test_probe_known_answer():
 # --------------------------------------------------------------------------- reconstruct
 
 
+@pytest.mark.slow
 def test_reconstruct_jade_grids_and_numbers(runner, run_copy):
     run = run_copy("jade")
     r = runner.invoke(
         app,
-        ["reconstruct", str(run), "--n", "5", "--traverse", "c0,style_1", "--traverse-steps", "4"],
+        [
+            "reconstruct",
+            str(run),
+            "--device",
+            "cpu",
+            "--n",
+            "5",
+            "--traverse",
+            "c0,style_1",
+            "--traverse-steps",
+            "4",
+        ],
     )
     assert r.exit_code == 0, r.output
     out = run / "analysis" / "reconstruct-test-seed0"
@@ -331,7 +346,7 @@ def test_reconstruct_jade_grids_and_numbers(runner, run_copy):
         assert offsets == pytest.approx([-3, -1, 1, 3])
         assert_png(out / f"traverse_{role}.png", 60)
     # more images, bigger grid
-    r = runner.invoke(app, ["reconstruct", str(run), "--n", "10", "--seed", "1"])
+    r = runner.invoke(app, ["reconstruct", str(run), "--device", "cpu", "--n", "10", "--seed", "1"])
     assert r.exit_code == 0, r.output
     big = assert_png(run / "analysis" / "reconstruct-test-seed1" / "reconstructions.png")
     assert big.shape[1] > small.shape[1]
@@ -342,7 +357,7 @@ def test_reconstruct_jade_grids_and_numbers(runner, run_copy):
 def test_reconstruct_needs_a_decoder(runner, run_copy, model):
     run = run_copy(model)
     before = fingerprint(run)
-    r = runner.invoke(app, ["reconstruct", str(run)])
+    r = runner.invoke(app, ["reconstruct", str(run), "--device", "cpu"])
     assert r.exit_code == 2
     assert "no decoder" in r.stderr and "Traceback" not in r.output
     assert fingerprint(run) == before
@@ -396,13 +411,13 @@ def test_failed_and_running_runs_are_analysed_with_a_warning(runner, run_copy):
     run = run_copy("jade")
     m = read_manifest(run)
     (run / "manifest.yaml").write_text(yaml.safe_dump({**m, "status": "failed", "error": "x"}))
-    r = runner.invoke(app, ["evaluate", str(run), "--test-limit", "50"])
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--test-limit", "50"])
     assert r.exit_code == 0, r.output
     assert "failed; analysing its last good checkpoint" in r.stderr
     assert len(read_manifest(run)["analyses"]) == 1
     (run / "manifest.yaml").write_text(yaml.safe_dump({**m, "status": "running"}))
     before = fingerprint(run)
-    r = runner.invoke(app, ["evaluate", str(run), "--test-limit", "50"])
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--test-limit", "50"])
     assert r.exit_code == 0, r.output
     assert "marked running" in r.stderr and "not recorded" in r.stderr
     assert fingerprint(run) == before  # the trainer owns the manifest while running
@@ -422,11 +437,13 @@ def test_moved_data_is_found_with_data_dir(runner, tmp_path):
     moved = tmp_path / "moved"
     shutil.move(str(data), moved)
     before = fingerprint(run)
-    r = runner.invoke(app, ["evaluate", str(run)])
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
     assert r.exit_code == 1
     assert "--data-dir" in r.stderr and r.stderr.count("error:") == 1
     assert fingerprint(run) == before
-    r = runner.invoke(app, ["evaluate", str(run), "--data-dir", str(moved), "--format", "json"])
+    r = runner.invoke(
+        app, ["evaluate", str(run), "--device", "cpu", "--data-dir", str(moved), "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["primary"]["images"] == 50
 
@@ -445,31 +462,33 @@ def test_moved_folder_dataset_is_found(runner, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     os.chdir(tmp_path)  # the relative path no longer resolves; the recorded root does
-    r = runner.invoke(app, ["evaluate", str(run), "--format", "json"])
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--format", "json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["primary"]["images"] == 12
     moved = tmp_path / "new-home"
     moved.mkdir()
     shutil.move(str(data), moved / "scans")
-    r = runner.invoke(app, ["evaluate", str(run)])
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
     assert r.exit_code == 1 and "--data-dir" in r.stderr
-    r = runner.invoke(app, ["evaluate", str(run), "--data-dir", str(moved), "--format", "json"])
+    r = runner.invoke(
+        app, ["evaluate", str(run), "--device", "cpu", "--data-dir", str(moved), "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize(
     "args, flag",
     [
-        (["evaluate", "{run}", "--split", "validation"], "--split"),
-        (["evaluate", "{run}", "--test-limit", "0"], "--test-limit"),
-        (["evaluate", "{run}", "--format", "xml"], "--format"),
-        (["evaluate", "{run}", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "{run}", "--device", "cpu", "--split", "validation"], "--split"),
+        (["evaluate", "{run}", "--device", "cpu", "--test-limit", "0"], "--test-limit"),
+        (["evaluate", "{run}", "--device", "cpu", "--format", "xml"], "--format"),
+        (["evaluate", "{run}", "--device", "cpu", "--batch-size", "0"], "--batch-size"),
         (["evaluate", "{run}", "--device", "gpu"], "--device"),
-        (["inspect-latents", "{run}", "--dataset", "mnist"], "--dataset"),
-        (["reconstruct", "{run}", "--n", "0"], "--n"),
-        (["reconstruct", "{run}", "--traverse", "x9"], "--traverse"),
-        (["reconstruct", "{run}", "--traverse", "content_10"], "--traverse"),
-        (["reconstruct", "{run}", "--traverse-steps", "1"], "--traverse-steps"),
+        (["inspect-latents", "{run}", "--device", "cpu", "--dataset", "mnist"], "--dataset"),
+        (["reconstruct", "{run}", "--device", "cpu", "--n", "0"], "--n"),
+        (["reconstruct", "{run}", "--device", "cpu", "--traverse", "x9"], "--traverse"),
+        (["reconstruct", "{run}", "--device", "cpu", "--traverse", "content_10"], "--traverse"),
+        (["reconstruct", "{run}", "--device", "cpu", "--traverse-steps", "1"], "--traverse-steps"),
     ],
 )
 def test_bad_flags_name_the_flag(runner, run_copy, args, flag):
@@ -481,6 +500,7 @@ def test_bad_flags_name_the_flag(runner, run_copy, args, flag):
     assert fingerprint(run) == before
 
 
+@pytest.mark.slow
 def test_example_analysis_script_runs_and_gates(run_copy, tmp_path):
     """examples/analyse_run.sh end to end on a tiny run, through the installed `jade`."""
     if shutil.which("jade") is None:

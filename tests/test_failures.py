@@ -79,26 +79,6 @@ def test_nan_in_the_first_epoch_says_no_checkpoint(runner, synth_dir, tmp_path, 
     assert manifest(out)["status"] == "failed"
 
 
-def test_paper_scale_weights_stay_finite(runner, synth_dir, tmp_path):
-    """The original recipe (CE x1e4 / x1e5, beta_1 0.1, lr 1e-3) must not go NaN here."""
-    out = tmp_path / "run"
-    extra = (
-        "--adam-beta1",
-        "0.1",
-        "--aux-ce-weight",
-        "1e4",
-        "--primary-ce-weight",
-        "1e5",
-        "--lr",
-        "1e-3",
-        "--dropout",
-        "0.5",
-    )
-    result = runner.invoke(app, tiny_synth_args(synth_dir, out, "jade", extra))
-    assert result.exit_code == 0, result.output
-    assert manifest(out)["status"] == "completed"
-
-
 class SignalAt(NullReporter):
     """Sends this process a real signal in the middle of epoch `epoch`, or (epoch None) while
     the data are loading."""
@@ -158,6 +138,7 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_leave_a_resumable_run_that_ends_as_if_uninterrupted(
     small_data, tmp_path
 ):
@@ -197,6 +178,7 @@ def test_sigterm_while_loading_writes_nothing(small_data, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_jade_train_exits_143_and_the_run_resumes(runner, synth_dir, tmp_path):
     """What CI runners, Slurm and Kubernetes do: SIGTERM to the process, then wait."""
     out = tmp_path / "run"
@@ -264,6 +246,7 @@ def checkpoint_bytes(small_data, tmp_path) -> int:
     return (out / "checkpoints" / "last.pt").stat().st_size
 
 
+@pytest.mark.slow
 @linux_only
 def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(
     runner, small_data, tmp_path, monkeypatch, checkpoint_bytes
@@ -312,6 +295,7 @@ def test_a_disk_too_small_for_one_checkpoint_says_to_start_again(
     assert not (out / "checkpoints" / "last.pt").exists() and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 @linux_only
 def test_a_crash_on_a_full_disk_still_ends_in_one_line(runner, small_data, tmp_path, monkeypatch):
     """The error handler itself must not crash when neither error.log nor the manifest can be
@@ -340,6 +324,7 @@ def test_a_crash_on_a_full_disk_still_ends_in_one_line(runner, small_data, tmp_p
     assert load_ckpt(out / "checkpoints" / "last.pt")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_a_run_folder_on_a_real_tiny_filesystem(runner, small_data, tmp_path, checkpoint_bytes):
     """The same on a real tmpfs (needs root and permission to mount; skipped otherwise)."""
     disk = tmp_path / "disk"
@@ -394,6 +379,7 @@ def test_the_lr_schedule_is_planned_once_and_holds_its_final_rate_beyond(schedul
     assert all(a >= b for a, b in itertools.pairwise(rates))  # never goes back up
 
 
+@pytest.mark.slow
 def test_learns_an_easy_pair_end_to_end(tmp_path):
     """A sanity check that the whole path learns: bars whose position is the class."""
     data = make_mnist(tmp_path / "easy", n_train=1000, n_test=200)

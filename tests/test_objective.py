@@ -1,0 +1,336 @@
+"""Known answers for the whole objective of each model (equation 2 of the paper).
+
+Every term is checked against an independent float64 computation from hand-built encoder
+outputs: its value, the weight and sign it enters the total with, the per-pixel scale of its own
+dataset, the direction of the matching KL, and the gradient that term sends to both encoders. The
+classifier is checked to see the content latents only. Finally the trainer is checked to wire
+the right images and weights into all of it on a real batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_mnist, make_svhn, tiny_synth_args
+
+from jadecli.cli import app
+from jadecli.config import TrainConfig
+from jadecli.data.pair import training_data
+from jadecli.model import (
+    AUXILIARY,
+    PRIMARY,
+    JADEOutput,
+    ModelSpec,
+    Posterior,
+    StepOutput,
+    build_model,
+)
+from jadecli.objective import TERMS, LossWeights, weighted_total
+from jadecli.progress import NullReporter
+from jadecli.trainer import Trainer, loss_weights
+
+AUX_SHAPE, PRIMARY_SHAPE = (1, 4, 4), (3, 4, 4)  # different pixel counts: 16 vs 48
+B, S, C, K = 3, 2, 2, 4  # batch, style dim, content dim, classes
+
+
+def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
+    return ModelSpec(
+        kind=kind,
+        arch=arch,
+        primary_shape=shapes.get("primary", PRIMARY_SHAPE),
+        auxiliary_shape=None if kind == "single" else shapes.get("auxiliary", AUX_SHAPE),
+        num_classes=K,
+        content_dim=C,
+        style_dim=S,
+        hidden_dim=8,
+        dropout=0.0,
+    )
+
+
+# distinct weights, so that a term given another term's weight is caught
+WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, aux_ce=0.37, primary_ce=5.0)
+
+
+def leaf(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.tensor(rng.normal(size=shape) * scale, dtype=torch.float32, requires_grad=True)
+
+
+def hand_built_batch(seed: int = 0) -> dict:
+    """Encoder outputs, reconstructions and logits of a batch of B pairs, chosen by hand: the
+    primary's content posterior is narrow and the auxiliary's wide, so that KL(q_P || q_A) and
+    KL(q_A || q_P) differ several-fold."""
+    rng = np.random.default_rng(seed)
+    wide, narrow = torch.full((B, C), 1.5), torch.full((B, C), -1.0)  # content log-variances
+    q_aux = Posterior(
+        leaf(rng, B, S), leaf(rng, B, S, scale=0.5), leaf(rng, B, C), wide.requires_grad_()
+    )
+    q_primary = Posterior(
+        leaf(rng, B, S), leaf(rng, B, S, scale=0.5), leaf(rng, B, C), narrow.requires_grad_()
+    )
+    return {
+        "q_aux": q_aux,
+        "q_primary": q_primary,
+        "recon_aux": leaf(rng, B, *AUX_SHAPE, scale=2),  # decoder logits
+        "recon_primary": leaf(rng, B, *PRIMARY_SHAPE, scale=2),
+        "logits_aux": leaf(rng, B, K, scale=2),
+        "logits_primary": leaf(rng, B, K, scale=2),
+        "x_aux": torch.tensor(rng.uniform(size=(B, *AUX_SHAPE)), dtype=torch.float32),
+        "x_primary": torch.tensor(rng.uniform(size=(B, *PRIMARY_SHAPE)), dtype=torch.float32),
+        "y": torch.tensor([0, 3, 1]),
+    }
+
+
+# --------------------------------------------------------------------------- float64 reference
+
+
+def f64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def bce(logits: torch.Tensor, x: torch.Tensor) -> float:
+    """-log Bernoulli(x | sigmoid(logits)), summed over pixels, averaged over the batch."""
+    p = 1 / (1 + np.exp(-f64(logits)))
+    xs = f64(x)
+    return float(np.mean(np.sum(-(xs * np.log(p) + (1 - xs) * np.log(1 - p)), axis=(1, 2, 3))))
+
+
+def kl_prior(mu: torch.Tensor, logvar: torch.Tensor) -> float:
+    m, lv = f64(mu), f64(logvar)
+    return float(np.mean(np.sum(0.5 * (m**2 + np.exp(lv) - lv - 1), axis=1)))
+
+
+def kl_gauss(q: tuple[torch.Tensor, torch.Tensor], p: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """KL(q || p) of diagonal Gaussians, from the textbook form with standard deviations."""
+    mq, sq = f64(q[0]), np.exp(0.5 * f64(q[1]))
+    mp, sp = f64(p[0]), np.exp(0.5 * f64(p[1]))
+    per = np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5
+    return float(np.mean(np.sum(per, axis=1)))
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
+    z = f64(logits)
+    log_softmax = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
+    return float(-np.mean(log_softmax[np.arange(len(y)), y.numpy()]))
+
+
+def reference_terms(b: dict) -> dict[str, float]:
+    qa, qp = b["q_aux"], b["q_primary"]
+    return {
+        "recon_aux": bce(b["recon_aux"], b["x_aux"]),
+        "recon_primary": bce(b["recon_primary"], b["x_primary"]),
+        "kl_style_aux": kl_prior(qa.mu_s, qa.logvar_s),
+        "kl_content_aux": kl_prior(qa.mu_c, qa.logvar_c),
+        "kl_style_primary": kl_prior(qp.mu_s, qp.logvar_s),
+        # the primary's content prior is the paired auxiliary content posterior
+        "kl_match": kl_gauss((qp.mu_c, qp.logvar_c), (qa.mu_c, qa.logvar_c)),
+        "ce_aux": ce(b["logits_aux"], b["y"]),
+        "ce_primary": ce(b["logits_primary"], b["y"]),
+    }
+
+
+def expected_weights(kind: str, aux_scale: float, primary_scale: float) -> dict[str, float]:
+    """Equation 2: each dataset's ELBO terms times its scale, the matching KL on the primary's."""
+    w = WEIGHTS
+    every = {
+        "recon_aux": w["recon"] * aux_scale,
+        "recon_primary": w["recon"] * primary_scale,
+        "kl_style_aux": w["kl"] * aux_scale,
+        "kl_content_aux": w["kl"] * aux_scale,
+        "kl_style_primary": w["kl"] * primary_scale,
+        "kl_match": w["match"] * primary_scale,
+        "ce_aux": w["aux_ce"],
+        "ce_primary": w["primary_ce"],
+    }
+    return {name: every[name] for name in TERMS[kind]}
+
+
+def step_output(kind: str, b: dict) -> StepOutput:
+    if kind == "jade":
+        return JADEOutput(
+            logits_primary=b["logits_primary"],
+            logits_aux=b["logits_aux"],
+            q_aux=b["q_aux"],
+            q_primary=b["q_primary"],
+            recon_aux=b["recon_aux"],
+            recon_primary=b["recon_primary"],
+        )
+    return StepOutput(b["logits_primary"], None if kind == "single" else b["logits_aux"])
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+@pytest.mark.parametrize("loss_scale", ["per-pixel", "sum"])
+@pytest.mark.parametrize("kind", ["single", "paired", "jade"])
+def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
+    b = hand_built_batch()
+    model = build_model(spec(kind))
+    x_aux = None if kind == "single" else b["x_aux"]
+    terms = model.loss_terms(step_output(kind, b), x_aux, b["x_primary"], b["y"])
+    assert tuple(terms) == TERMS[kind]
+    reference = reference_terms(b)
+    for name, value in terms.items():
+        assert value.dtype == torch.float32 and value.shape == ()
+        assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
+
+    cfg = TrainConfig(primary="p", auxiliary="a", n_labeled=4, model=kind, loss_scale=loss_scale)
+    cfg = TrainConfig(**{**cfg.to_dict(), **{f"{k}_weight": v for k, v in WEIGHTS.items()}})
+    weights = loss_weights(cfg, model.spec)
+    per_pixel = loss_scale == "per-pixel" and kind != "single"
+    scales = (1 / 16, 1 / 48) if per_pixel else (1.0, 1.0)  # (aux, primary): 1x4x4, 3x4x4
+    assert (weights.aux_scale, weights.primary_scale) == pytest.approx(scales)
+    total = weighted_total(terms, weights)
+    # the total is linear in the terms: its derivative by each term is that term's weight
+    grads = torch.autograd.grad(total, list(terms.values()), retain_graph=True)
+    want = expected_weights(kind, *scales)
+    got = {name: float(g) for name, g in zip(terms, grads, strict=True)}
+    assert got == pytest.approx(want, rel=1e-6)
+    assert float(total.detach()) == pytest.approx(
+        sum(want[n] * reference[n] for n in want), rel=1e-5
+    )
+
+
+def test_the_matching_kl_is_primary_given_auxiliary_and_trains_both_encoders():
+    b = hand_built_batch()
+    qa, qp = b["q_aux"], b["q_primary"]
+    forward = kl_gauss((qp.mu_c, qp.logvar_c), (qa.mu_c, qa.logvar_c))
+    backward = kl_gauss((qa.mu_c, qa.logvar_c), (qp.mu_c, qp.logvar_c))
+    assert backward > 3 * forward  # the two directions are far apart on this batch
+    model = build_model(spec("jade"))
+    terms = model.loss_terms(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
+    assert float(terms["kl_match"].detach()) == pytest.approx(forward, rel=1e-5)
+    # d KL(P || A) / d mu_P = (mu_P - mu_A) / var_A and d / d mu_A is its negative (per pair,
+    # averaged over the batch): the term pulls both content posteriors towards each other.
+    g_p, g_a = torch.autograd.grad(terms["kl_match"], [qp.mu_c, qa.mu_c])
+    pull = (f64(qp.mu_c) - f64(qa.mu_c)) / np.exp(f64(qa.logvar_c)) / B
+    np.testing.assert_allclose(f64(g_p), pull, rtol=1e-5)
+    np.testing.assert_allclose(f64(g_a), -pull, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["paper", "shared"])
+def test_the_classifier_sees_content_only_and_the_decoders_see_both(arch):
+    shape = (3, 12, 12)
+    model = build_model(spec("jade", arch, primary=shape, auxiliary=shape))
+    x_aux, x_primary = torch.rand(5, *shape), torch.rand(5, *shape)
+
+    def run() -> tuple[JADEOutput, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)  # the same latent noise on every call
+        out = model.forward_train(x_aux, x_primary)
+        assert isinstance(out, JADEOutput)
+        return out, model.classify(AUXILIARY, x_aux), model.classify(PRIMARY, x_primary)
+
+    with torch.no_grad():
+        before, aux_before, primary_before = run()
+        for enc in (model.aux_encoder, model.primary_encoder):  # move every style latent
+            enc.style_head.bias += 3.0
+        styled, aux_styled, primary_styled = run()
+        model.primary_encoder.content_head.bias += 3.0  # then the content latents
+        contented, _, primary_contented = run()
+    assert torch.equal(styled.logits_aux, before.logits_aux)
+    assert torch.equal(styled.logits_primary, before.logits_primary)
+    assert torch.equal(aux_styled, aux_before) and torch.equal(primary_styled, primary_before)
+    assert not torch.allclose(styled.recon_aux, before.recon_aux)  # [z_s, z_c] -> decoder
+    assert not torch.allclose(styled.recon_primary, before.recon_primary)
+    # the check can see a change: moving the content moves the logits
+    assert not torch.allclose(contented.logits_primary, styled.logits_primary)
+    assert not torch.allclose(primary_contented, primary_styled)
+
+
+def test_extreme_encoder_outputs_keep_every_term_and_gradient_finite():
+    """What keeps the paper's recipe (no clipping, CE x1e4 / x1e5) finite where the authors'
+    code went NaN: log-variances are bounded, so exp() of their difference in the matching KL
+    cannot overflow, and reconstructions are scored from logits, never log(sigmoid)."""
+    shape = (1, 8, 8)
+    model = build_model(spec("jade", "paper", primary=shape, auxiliary=shape))
+    with torch.no_grad():  # the posteriors' log-variances at +-300 before bounding
+        model.primary_encoder.content_head.bias[C:] = 300.0
+        model.aux_encoder.content_head.bias[C:] = -300.0
+        model.aux_decoder.net[-1].bias.fill_(-1e4)  # reconstructions saturated at 0
+    x = torch.rand(4, *shape)
+    terms = model.loss_terms(model.forward_train(x, x), x, x, torch.tensor([0, 1, 2, 3]))
+    cfg = TrainConfig(primary="p", auxiliary="a", n_labeled=4, loss_scale="sum", aux_ce_weight=1e4)
+    total = weighted_total(terms, loss_weights(cfg, model.spec))
+    assert all(torch.isfinite(t) for t in terms.values()), terms
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_path):
+    """A real batch of SVHN-format (3x32x32) and MNIST-format (1x28x28) pairs: the trainer's
+    loss is the reference objective of the very images and labels of the batch."""
+    make_mnist(tmp_path, n_train=40, n_test=10)
+    make_svhn(tmp_path, n_train=40, n_test=10)
+    cfg = TrainConfig(
+        primary="svhn",
+        auxiliary="mnist",
+        n_labeled=20,
+        arch="paper",
+        augment="none",
+        data_dir=str(tmp_path),
+        device="cpu",
+        batch_size=B,
+        **{f"{k}_weight": v for k, v in WEIGHTS.items()},
+    )
+    trainer = Trainer(cfg, training_data(cfg, NullReporter()), torch.device("cpu"))
+    idx = tuple(o[:B] for o in trainer._order(0))
+    x_aux, x_primary, y = trainer.batch(idx)
+    assert x_aux.shape == (B, 1, 28, 28) and x_primary.shape == (B, 3, 32, 32)
+    torch.testing.assert_close(x_primary, trainer.data.labeled.images[idx[1]].float() / 255)
+    torch.testing.assert_close(x_aux, trainer.data.aux_train.images[idx[0]].float() / 255)
+    assert torch.equal(y, trainer.data.labeled.labels[idx[1]])
+
+    rng = np.random.default_rng(1)
+    b = hand_built_batch()
+    b.update(
+        x_aux=x_aux,
+        x_primary=x_primary,
+        y=y,
+        recon_aux=leaf(rng, B, 1, 28, 28),
+        recon_primary=leaf(rng, B, 3, 32, 32),
+        logits_aux=leaf(rng, B, 10),
+        logits_primary=leaf(rng, B, 10),
+    )
+    trainer.model.forward_train = lambda xa, xp: step_output("jade", b)  # type: ignore[method-assign]
+    total, terms, _, _ = trainer.batch_loss(idx)
+    reference = reference_terms(b)
+    for name, value in terms.items():  # each reconstruction scored against its own images
+        assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
+    want = expected_weights("jade", 1 / 784, 1 / 3072)
+    assert float(total.detach()) == pytest.approx(
+        sum(want[n] * reference[n] for n in want), rel=1e-5
+    )
+    assert isinstance(trainer.weights, LossWeights)
+    assert math.isclose(trainer.weights.primary_scale, 1 / 3072)
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+@pytest.mark.slow
+def test_the_matching_term_pulls_same_class_contents_together(
+    runner, synth_dir, trained_runs, tmp_path
+):
+    """The same tiny run with --match-weight 100 (the default: the session's JADE run) and 0:
+    on same-class test pairs, the content KL that `jade evaluate` reports is far lower with the
+    matching term. Classification alone does not bring the two posteriors together."""
+    unmatched = tmp_path / "unmatched"
+    result = runner.invoke(
+        app, tiny_synth_args(synth_dir, unmatched, "jade", ("--match-weight", "0"))
+    )
+    assert result.exit_code == 0, result.output
+    matched = tmp_path / "matched"
+    shutil.copytree(trained_runs["jade"], matched)  # evaluate appends to the run's manifest
+    kl = {}
+    for name, run in (("matched", matched), ("unmatched", unmatched)):
+        result = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        kl[name] = json.loads(result.stdout)["kl_match"]
+    assert kl["matched"] < 0.1 * kl["unmatched"], kl

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +206,15 @@ def tiny_synth_args(synth_dir: Path, out: Path, model: str = "jade", extra: tupl
     if model != "single":
         args[3:3] = ["--auxiliary", "synth-hand"]
     return args
+
+
+def shell_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell running an example script: this Python's `jade` first
+    on PATH, plus `extra`. Skips the test where the console script is not installed."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    if shutil.which("jade", path=path) is None:
+        pytest.skip("the jade console script is not installed")
+    return {**os.environ, "PATH": path, **extra}
 
 
 def load_ckpt(path: Path) -> dict:

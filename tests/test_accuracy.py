@@ -4,15 +4,13 @@ accuracy benchmark driving examples/reproduce_table1.sh end to end on tiny SVHN-
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import make_mnist, make_svhn
+from conftest import make_mnist, make_svhn, shell_env
 
 from jadecli.augment import Augment, augment, style_mix
 from jadecli.cli import app
@@ -212,7 +210,7 @@ def test_paper_preset_trains_the_paper_cnns(runner, tmp_path):
 def test_reproduce_table1_runs_end_to_end_on_svhn_format_files(tmp_path):
     data = _tiny_pair(tmp_path)
     out = tmp_path / "table1"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = shell_env()
     # the protocol's 100 labeled per class and 4,500 MNIST per class shrink to fit tiny files
     small = ["--n-labeled", "20", "--aux-per-class", "10", *TINY_RUN]
     proc = subprocess.run(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import shell_env
 from PIL import Image
 
 from jadecli.cli import app
@@ -503,11 +504,9 @@ def test_bad_flags_name_the_flag(runner, run_copy, args, flag):
 @pytest.mark.slow
 def test_example_analysis_script_runs_and_gates(run_copy, tmp_path):
     """examples/analyse_run.sh end to end on a tiny run, through the installed `jade`."""
-    if shutil.which("jade") is None:
-        pytest.skip("the jade console script is not installed")
+    env = shell_env(MIN_ACCURACY="0%")
     script = Path(__file__).resolve().parent.parent / "examples" / "analyse_run.sh"
     run = run_copy("jade")
-    env = {**os.environ, "MIN_ACCURACY": "0%"}
     proc = subprocess.run(["bash", str(script), str(run)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "primary accuracy: " in proc.stdout

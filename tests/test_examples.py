@@ -3,15 +3,12 @@ in the formats it names, through the installed `jade` where it is a script."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, make_folder, make_mnist, make_svhn
+from conftest import TINY, make_folder, make_mnist, make_svhn, shell_env
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig, load_yaml_config
@@ -35,12 +32,6 @@ def manifest(run: Path) -> dict:
     return yaml.safe_load((run / "manifest.yaml").read_text())
 
 
-def script_env() -> dict[str, str]:
-    """A user's shell: this Python's `jade` first on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-
-
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_train_on_tiny_data(runner, tmp_path, path):
     data = tiny_data(tmp_path / "data")
@@ -62,7 +53,7 @@ def test_example_configs_train_on_tiny_data(runner, tmp_path, path):
 
 @pytest.mark.slow
 def test_quickstart_script_trains_the_builtin_pair(synth_dir, tmp_path):
-    env = {**script_env(), "JADE_DATA_DIR": str(synth_dir)}
+    env = shell_env(JADE_DATA_DIR=str(synth_dir))
     flags = ["--n-labeled", "50", *TINY, "--epochs", "1", "--eval-every", "0"]
     proc = subprocess.run(
         ["bash", str(EXAMPLES / "quickstart.sh"), *flags],
@@ -81,8 +72,7 @@ def test_quickstart_script_trains_the_builtin_pair(synth_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compare_models_script_trains_all_three_and_gates_on_failure(tmp_path):
-    if shutil.which("jade", path=script_env()["PATH"]) is None:
-        pytest.skip("the jade console script is not installed")
+    env = shell_env()
     data = tiny_data(tmp_path / "data")
     script = str(EXAMPLES / "compare_models.sh")
     small = [*SMALL, "--n-labeled", "20"]
@@ -90,7 +80,7 @@ def test_compare_models_script_trains_all_three_and_gates_on_failure(tmp_path):
         ["bash", script, str(data), *small],
         capture_output=True,
         text=True,
-        env=script_env(),
+        env=env,
         cwd=tmp_path,
         timeout=600,
     )
@@ -106,7 +96,7 @@ def test_compare_models_script_trains_all_three_and_gates_on_failure(tmp_path):
         ["bash", script, str(tmp_path / "no-data"), *small],
         capture_output=True,
         text=True,
-        env=script_env(),
+        env=env,
         cwd=tmp_path,
         timeout=600,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from jadecli.cli import app
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # Keep the suite's timings stable on small CI machines.
 torch.set_num_threads(1)
@@ -215,6 +218,14 @@ def shell_env(**extra: str) -> dict[str, str]:
     if shutil.which("jade", path=path) is None:
         pytest.skip("the jade console script is not installed")
     return {**os.environ, "PATH": path, **extra}
+
+
+def run_example(
+    script: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`bash examples/SCRIPT ARGS...` as a user's shell runs it, its output captured."""
+    command = ["bash", str(EXAMPLES / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 def load_ckpt(path: Path) -> dict:

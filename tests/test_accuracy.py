@@ -4,13 +4,12 @@ accuracy benchmark driving examples/reproduce_table1.sh end to end on tiny SVHN-
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import make_mnist, make_svhn, shell_env
+from conftest import EXAMPLES, make_mnist, make_svhn, run_example, shell_env
 
 from jadecli.augment import Augment, augment, style_mix
 from jadecli.cli import app
@@ -19,8 +18,6 @@ from jadecli.data.core import Dataset, ImageSet
 from jadecli.data.pair import prepare_pair
 from jadecli.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 BASE = {"primary": "svhn", "auxiliary": "mnist", "n_labeled": 1000}
 
 
@@ -213,14 +210,8 @@ def test_reproduce_table1_runs_end_to_end_on_svhn_format_files(tmp_path):
     env = shell_env()
     # the protocol's 100 labeled per class and 4,500 MNIST per class shrink to fit tiny files
     small = ["--n-labeled", "20", "--aux-per-class", "10", *TINY_RUN]
-    proc = subprocess.run(
-        ["bash", str(EXAMPLES / "reproduce_table1.sh"), str(data), str(out), "0,1", "--", *small],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    args = [str(data), str(out), "0,1", "--", *small]
+    proc = run_example("reproduce_table1.sh", *args, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (out / "table1.md").read_text()
     for model in ("single", "paired", "jade"):
@@ -238,7 +229,5 @@ def test_reproduce_table1_runs_end_to_end_on_svhn_format_files(tmp_path):
 
 
 def test_reproduce_table1_without_data_dir_prints_usage():
-    proc = subprocess.run(
-        ["bash", str(EXAMPLES / "reproduce_table1.sh")], capture_output=True, text=True
-    )
+    proc = run_example("reproduce_table1.sh")
     assert proc.returncode == 2 and "Usage" in proc.stderr

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import shell_env
+from conftest import run_example, shell_env
 from PIL import Image
 
 from jadecli.cli import app
@@ -505,13 +505,12 @@ def test_bad_flags_name_the_flag(runner, run_copy, args, flag):
 def test_example_analysis_script_runs_and_gates(run_copy, tmp_path):
     """examples/analyse_run.sh end to end on a tiny run, through the installed `jade`."""
     env = shell_env(MIN_ACCURACY="0%")
-    script = Path(__file__).resolve().parent.parent / "examples" / "analyse_run.sh"
     run = run_copy("jade")
-    proc = subprocess.run(["bash", str(script), str(run)], capture_output=True, text=True, env=env)
+    proc = run_example("analyse_run.sh", str(run), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "primary accuracy: " in proc.stdout
     assert (run / "analysis" / "reconstruct-test-seed0" / "traverse_primary.png").is_file()
     env["MIN_ACCURACY"] = "100%"
-    proc = subprocess.run(["bash", str(script), str(run)], capture_output=True, text=True, env=env)
+    proc = run_example("analyse_run.sh", str(run), env=env)
     assert proc.returncode == 3
     assert "below --min-accuracy" in proc.stderr

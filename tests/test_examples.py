@@ -3,17 +3,15 @@ in the formats it names, through the installed `jade` where it is a script."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, make_folder, make_mnist, make_svhn, shell_env
+from conftest import EXAMPLES, TINY, make_folder, make_mnist, make_svhn, run_example, shell_env
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig, load_yaml_config
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DIGITS = tuple(str(d) for d in range(10))
 # The configs' labeled and auxiliary sizes shrink to fit the tiny files; everything else is theirs.
 SMALL = ["--n-labeled", "20", *TINY, "--epochs", "1", "--epoch-size", "40", "--eval-every", "0"]
@@ -55,14 +53,7 @@ def test_example_configs_train_on_tiny_data(runner, tmp_path, path):
 def test_quickstart_script_trains_the_builtin_pair(synth_dir, tmp_path):
     env = shell_env(JADE_DATA_DIR=str(synth_dir))
     flags = ["--n-labeled", "50", *TINY, "--epochs", "1", "--eval-every", "0"]
-    proc = subprocess.run(
-        ["bash", str(EXAMPLES / "quickstart.sh"), *flags],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    proc = run_example("quickstart.sh", *flags, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "primary   test accuracy (synth-street)" in proc.stdout
     m = manifest(tmp_path / "runs" / "quickstart")
@@ -74,16 +65,8 @@ def test_quickstart_script_trains_the_builtin_pair(synth_dir, tmp_path):
 def test_compare_models_script_trains_all_three_and_gates_on_failure(tmp_path):
     env = shell_env()
     data = tiny_data(tmp_path / "data")
-    script = str(EXAMPLES / "compare_models.sh")
     small = [*SMALL, "--n-labeled", "20"]
-    proc = subprocess.run(
-        ["bash", script, str(data), *small],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    proc = run_example("compare_models.sh", str(data), *small, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for model in ("single", "paired", "jade"):
         m = manifest(tmp_path / "runs" / f"compare-{model}")
@@ -92,14 +75,8 @@ def test_compare_models_script_trains_all_three_and_gates_on_failure(tmp_path):
         acc = m["final_metrics"]["primary_test_accuracy"]
         assert f"primary_test_accuracy: {acc}" in proc.stdout
     # a run that fails stops the script with its exit code
-    proc = subprocess.run(
-        ["bash", script, str(tmp_path / "no-data"), *small],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    missing = str(tmp_path / "no-data")
+    proc = run_example("compare_models.sh", missing, *small, env=env, cwd=tmp_path)
     assert proc.returncode == 1 and "error: " in proc.stderr
     assert "compare-paired" not in proc.stdout
 

@@ -54,6 +54,7 @@ def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
 
 # distinct weights, so that a term given another term's weight is caught
 WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, aux_ce=0.37, primary_ce=5.0)
+WEIGHT_FIELDS = {f"{name}_weight": value for name, value in WEIGHTS.items()}  # TrainConfig's
 
 
 def leaf(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -149,6 +150,11 @@ def expected_weights(kind: str, aux_scale: float, primary_scale: float) -> dict[
     return {name: every[name] for name in TERMS[kind]}
 
 
+def weighted(weights: dict[str, float], reference: dict[str, float]) -> float:
+    """The reference total: each of the model's terms times its expected weight."""
+    return sum(weights[name] * reference[name] for name in weights)
+
+
 def step_output(kind: str, b: dict) -> StepOutput:
     if kind == "jade":
         return JADEOutput(
@@ -178,8 +184,9 @@ def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
         assert value.dtype == torch.float32 and value.shape == ()
         assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
 
-    cfg = TrainConfig(primary="p", auxiliary="a", n_labeled=4, model=kind, loss_scale=loss_scale)
-    cfg = TrainConfig(**{**cfg.to_dict(), **{f"{k}_weight": v for k, v in WEIGHTS.items()}})
+    cfg = TrainConfig(
+        primary="p", auxiliary="a", n_labeled=4, model=kind, loss_scale=loss_scale, **WEIGHT_FIELDS
+    )
     weights = loss_weights(cfg, model.spec)
     per_pixel = loss_scale == "per-pixel" and kind != "single"
     scales = (1 / 16, 1 / 48) if per_pixel else (1.0, 1.0)  # (aux, primary): 1x4x4, 3x4x4
@@ -190,9 +197,7 @@ def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
     want = expected_weights(kind, *scales)
     got = {name: float(g) for name, g in zip(terms, grads, strict=True)}
     assert got == pytest.approx(want, rel=1e-6)
-    assert float(total.detach()) == pytest.approx(
-        sum(want[n] * reference[n] for n in want), rel=1e-5
-    )
+    assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
 
 
 def test_the_matching_kl_is_primary_given_auxiliary_and_trains_both_encoders():
@@ -277,7 +282,7 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         data_dir=str(tmp_path),
         device="cpu",
         batch_size=B,
-        **{f"{k}_weight": v for k, v in WEIGHTS.items()},
+        **WEIGHT_FIELDS,
     )
     trainer = Trainer(cfg, training_data(cfg, NullReporter()), torch.device("cpu"))
     idx = tuple(o[:B] for o in trainer._order(0))
@@ -304,9 +309,7 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
     for name, value in terms.items():  # each reconstruction scored against its own images
         assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
     want = expected_weights("jade", 1 / 784, 1 / 3072)
-    assert float(total.detach()) == pytest.approx(
-        sum(want[n] * reference[n] for n in want), rel=1e-5
-    )
+    assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
     assert isinstance(trainer.weights, LossWeights)
     assert math.isclose(trainer.weights.primary_scale, 1 / 3072)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_idx_images, write_idx_labels
+from conftest import TINY, write_idx_images, write_idx_labels
 from PIL import Image
 
 import jadecli.trainer
@@ -89,34 +89,10 @@ def test_every_training_pair_is_one_class_under_remapping(
 
     monkeypatch.setattr(jadecli.trainer.Trainer, "batch", recording)
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--primary",
-        f"folder:{fashion_pair / 'primary'}",
-        "--auxiliary",
-        "fashion-mnist",
-        "--data-dir",
-        str(fashion_pair),
-        "--n-labeled",
-        "40",  # 4 of the 6 primary images per class
-        "--augment",
-        "none",
-        "--epochs",
-        "2",
-        "--epoch-size",
-        "60",
-        "--batch-size",
-        "20",
-        "--hidden-dim",
-        "16",
-        "--eval-every",
-        "0",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    args = ["train", "--primary", f"folder:{fashion_pair / 'primary'}"]
+    args += ["--auxiliary", "fashion-mnist", "--data-dir", str(fashion_pair), "--out", str(out)]
+    args += ["--n-labeled", "40", "--augment", "none", *TINY]  # 4 of 6 primary images per class
+    args += ["--epoch-size", "60", "--batch-size", "20"]
     if aux_per_class:
         args += ["--aux-per-class", str(aux_per_class)]
     result = runner.invoke(app, args)

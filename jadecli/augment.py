@@ -73,14 +73,16 @@ def _colour_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
 
 
 def style_mix(x_aux: torch.Tensor, primary: torch.Tensor, p: float) -> torch.Tensor:
-    """Redraw a fraction `p` of auxiliary images in the primary's style: |T - x|, where the
+    """Redraw a fraction `p` of auxiliary images (float, [0, 1]) in the primary's style (the
+    labeled `primary` images, uint8 or float in [0, 1]): |T - x|, where the
     texture T is a random labeled primary image with its tiles (an 8 x 8 grid) shuffled, so it
     keeps the primary's colours and textures but not its digit. This is how MNIST-M was made
     from MNIST (with photo patches for T); it teaches the shared trunk the primary's look from
     thousands of labeled auxiliary images instead of the primary's handful."""
     b = x_aux.shape[0]  # x_aux: (B, C, H, W), the primary's channels and size
     idx = torch.randint(len(primary), (b,), device=x_aux.device)
-    t = _shuffle_tiles(primary[idx].float(), 8)  # (B, C, H, W)
+    t = primary[idx.to(primary.device)].to(x_aux.device).float()  # (B, C, H, W)
+    t = _shuffle_tiles(t / 255 if primary.dtype == torch.uint8 else t, 8)  # 8-bit or [0, 1]
     t = torch.where(torch.rand(b, 1, 1, 1, device=t.device) < 0.5, t, t.flip(3))
     mixed = (t - x_aux.float()).abs()
     pick = torch.rand(b, 1, 1, 1, device=x_aux.device) < p

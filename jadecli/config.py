@@ -34,14 +34,18 @@ MODELS = ("single", "paired", "jade")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
-ARCHES = ("paper", "shared")  # the encoders of model.encoders()
+ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
+BATCH_NORMS = ("per-dataset", "shared")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("per-pixel", "sum")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(
-    {"epochs", "device", "precision", "data_dir", "download", "eval_every"}
+    {"epochs", "device", "precision", "data_dir", "download", "eval_every", "memory_budget"}
 )
+
+# What a config saved by an older jadecli meant by a key it did not have yet.
+LEGACY_DEFAULTS: dict[str, Any] = {"batch_norm": "shared"}
 
 # Help panels of `jade train --help`, in the order they appear.
 DATA, MODEL, AUG, OBJ = "Data", "Model", "Augmentation", "Objective"
@@ -93,7 +97,8 @@ class Range:
         return f"in {'(' if self.open_lo else '['}{lo}, {hi}{')' if self.open_hi else ']'}"
 
 
-POSITIVE = Range(1)  # counts and sizes
+POSITIVE = Range(1)  # counts
+IMAGE_SIDE = Range(8, 1024)  # --primary-size/--auxiliary-size: what the models take
 NON_NEGATIVE = Range(0)  # loss weights, clipping
 FRACTION = Range(0, 1)
 
@@ -298,18 +303,18 @@ class TrainConfig:
     )
     primary_size: int | None = opt(
         None,
-        "Resize primary images to SIZE x SIZE. Default: keep their size (image folders whose "
-        "images differ in size are resized to the most common size).",
+        "Resize primary images to SIZE x SIZE (8 to 1024). Default: keep their size (image "
+        "folders whose training images differ in size are resized to the most common size).",
         group=DATA,
         metavar="SIZE",
-        range=POSITIVE,
+        range=IMAGE_SIDE,
     )
     auxiliary_size: int | None = opt(
         None,
-        "Resize auxiliary images to SIZE x SIZE. Default: as for --primary-size.",
+        "Resize auxiliary images to SIZE x SIZE (8 to 1024). Default: as for --primary-size.",
         group=DATA,
         metavar="SIZE",
-        range=POSITIVE,
+        range=IMAGE_SIDE,
     )
     primary_pad: int = opt(
         0,
@@ -339,13 +344,31 @@ class TrainConfig:
     )
     arch: str = opt(
         "shared",
-        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm) for both datasets, so the "
-        "auxiliary's labels train the convolutions the primary uses; the primary is resized "
-        "to the auxiliary's size and a grey dataset beside a colour one gets 3 channels. "
-        "paper: the paper's two separate CNNs, as in the authors' 2017 code.",
+        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm, plus 16-filter stages for "
+        "images over 32 px) for both datasets, so the auxiliary's labels train the convolutions "
+        "the primary uses; the primary is resized to the auxiliary's size and a grey dataset "
+        "beside a colour one gets 3 channels. resnet18: the same with torchvision's ResNet-18 "
+        "as the one trunk (see --init-weights). paper: the paper's two separate CNNs, as in the "
+        "authors' 2017 code.",
         group=MODEL,
-        metavar="shared|paper",
+        metavar="shared|paper|resnet18",
         choices=ARCHES,
+    )
+    batch_norm: str = opt(
+        "per-dataset",
+        "BatchNorm in the one trunk of --arch shared/resnet18: per-dataset (each dataset its own "
+        "statistics and scale, in training and evaluation; the convolutions stay shared) or "
+        "shared (one set of running statistics for both, as jadecli 0.1 did).",
+        group=MODEL,
+        metavar="per-dataset|shared",
+        choices=BATCH_NORMS,
+    )
+    init_weights: str | None = opt(
+        None,
+        "A torchvision ResNet-18 checkpoint file (a state dict, e.g. resnet18-f37072fd.pth) to "
+        "start the --arch resnet18 trunk from; nothing is downloaded. Default: random init.",
+        group=MODEL,
+        metavar="PATH",
     )
     content_dim: int = opt(
         10,
@@ -508,6 +531,15 @@ class TrainConfig:
         metavar="auto|fp32|bf16",
         choices=PRECISIONS,
     )
+    memory_budget: float | None = opt(
+        None,
+        "GB of memory the datasets may take, held as 8-bit images (a 128x128 colour image is "
+        "48 KiB). Data that would need more stops the run before loading, naming the size. "
+        "Default: 80% of the memory available when the run starts.",
+        group=RUN,
+        metavar="GB",
+        range=Range(0, open_lo=True),
+    )
     eval_every: int = opt(
         1,
         "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
@@ -525,6 +557,11 @@ class TrainConfig:
         if self.uses_auxiliary and not self.auxiliary:
             raise ConfigError(
                 "auxiliary", f"is required for --model {self.model}, e.g. --auxiliary mnist"
+            )
+        if self.init_weights is not None and self.arch != "resnet18":
+            raise ConfigError(
+                "init_weights",
+                f"loads a ResNet-18 trunk, so it needs --arch resnet18 (got {self.arch})",
             )
         if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
             raise ConfigError(
@@ -547,7 +584,7 @@ class TrainConfig:
         unknown = set(data) - set(field_names(cls))
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**{**LEGACY_DEFAULTS, **data})
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:

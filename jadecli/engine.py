@@ -53,6 +53,7 @@ from jadecli.errors import (
     TrainingFailed,
     UsageError,
 )
+from jadecli.model import ModelSpec
 from jadecli.progress import Reporter
 from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
 from jadecli.run import now as _now
@@ -216,8 +217,11 @@ def _resumed_config(
 # --------------------------------------------------------------------------- 2. start
 
 
-def _prepare(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, TrainData, Trainer]:
-    """Device, precision, data and trainer of a session (the slow part of starting)."""
+def _prepare(
+    cfg: TrainConfig, reporter: Reporter, spec: ModelSpec | None = None
+) -> tuple[TrainConfig, TrainData, Trainer]:
+    """Device, precision, data and trainer of a session (the slow part of starting); `spec`:
+    a resumed run's model, as its checkpoint describes it."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, reporter.warn)
     configure_threads()
@@ -226,7 +230,7 @@ def _prepare(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, TrainDa
     data = training_data(cfg, reporter)
     # record what the defaults chose: the size for --arch shared, the style mixing
     cfg = replace(cfg, primary_size=data.primary_size, style_mix=data.style_mix)
-    trainer = Trainer(cfg, data, device, precision)
+    trainer = Trainer(cfg, data, device, precision, spec)
     if cfg.device == "auto" or cfg.precision == "auto":
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         reporter.info(f"device: {device}, precision {precision}{threads}")
@@ -247,7 +251,13 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
 
 
 def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter) -> _Session:
-    cfg, data, trainer = _prepare(restored.cfg, reporter)
+    try:
+        spec = ModelSpec.from_dict(dict(restored.state["model_spec"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunDirError(
+            f"{restored.run.checkpoint_path} holds no model description ({err})"
+        ) from None
+    cfg, data, trainer = _prepare(restored.cfg, reporter, spec)
     start = trainer.load_state(restored.state)
     run, manifest = restored.run, restored.manifest
     rows = [r for r in run.read_metrics() if int(r["epoch"]) <= start]

@@ -25,6 +25,9 @@ the objective. Callers never branch on the model's kind.
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,17 +44,30 @@ from jadecli.objective import (
 )
 
 PRIMARY, AUXILIARY = "primary", "auxiliary"  # the dataset roles every model answers by
+ROLES = (PRIMARY, AUXILIARY)
 
 # (filters, max-pool after) per conv layer, from the authors' final code
 PRIMARY_CNN = ((64, True), (96, True), (64, True), (8, False))
 AUXILIARY_CNN = ((32, True), (32, True), (16, True))
-# --arch shared: one batch-normalised conv encoder for both datasets. A deeper 32-32-64-64-128
-# stack was 3.7x slower on CPU for about +0.5 point on USPS (94.1 vs 93.7, one seed).
+# --arch shared: one batch-normalised conv stack for both datasets, 32-64-128 at digit sizes. A
+# deeper 32-32-64-64-128 stack was 3.7x slower on CPU for about +0.5 point on USPS (94.1 vs 93.7,
+# one seed).
 SHARED_CNN = ((32, True), (64, True), (128, True))
-
+# Larger images get extra 2x2-pooled stages of this width in front of SHARED_CNN: cheap layers at
+# high resolution, so a 128 px image costs ~3x a 32 px one, not 16x.
+STEM_FILTERS = 16
+# Every trunk ends on a feature map of at most MAP_SIDE x MAP_SIDE, whatever the input size, so
+# the heads (and the decoders' first dense layer) keep the size they have for digits.
+MAP_SIDE = 4
+MIN_SIDE = 8  # the smallest image side the models take (scikit-learn's digits)
+# Model layouts: 1 = jadecli 0.1 (fixed pools, one BatchNorm for both datasets); 2 = size-adaptive
+# trunks and per-dataset BatchNorm. Checkpoints without a layout are 1 and load as they were.
+LAYOUT = 2
 # log-variances are squashed into (-LOGVAR_LIMIT, LOGVAR_LIMIT): exp() of the difference of two
 # of them, as in the matching KL, then stays far from overflow whatever the optimiser does.
 LOGVAR_LIMIT = 12.0
+# ImageNet statistics, the input normalisation torchvision's pretrained ResNets expect.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ class ModelSpec:
     it from the run's config and data, `to_dict`/`from_dict` save and read it)."""
 
     kind: str  # single | paired | jade
-    arch: str  # shared | paper
+    arch: str  # shared | paper | resnet18
     primary_shape: tuple[int, int, int]  # (C, H, W)
     auxiliary_shape: tuple[int, int, int] | None
     num_classes: int
@@ -68,11 +84,19 @@ class ModelSpec:
     style_dim: int
     hidden_dim: int
     dropout: float
+    batch_norm: str = "per-dataset"  # per-dataset | shared (statistics of one trunk)
+    layout: int = LAYOUT
 
     @property
     def generative(self) -> bool:
         """Whether the model has decoders and style latents (JADE)."""
         return self.kind == "jade"
+
+    @property
+    def norm_roles(self) -> tuple[str, ...]:
+        """The roles that get BatchNorm layers of their own in a trunk both datasets share."""
+        two = self.auxiliary_shape is not None and self.batch_norm == "per-dataset"
+        return ROLES if two and self.layout >= 2 else ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (shapes as lists)."""
@@ -84,13 +108,15 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """The inverse of `to_dict`; KeyError/TypeError/ValueError if a value is missing."""
+        """The inverse of `to_dict`; KeyError/TypeError/ValueError if a value is missing. A
+        jadecli 0.1 checkpoint (no layout) is layout 1 with one BatchNorm for both datasets."""
 
         def shape(value: Any) -> tuple[int, int, int]:
             c, h, w = (int(v) for v in value)
             return c, h, w
 
         aux = data["auxiliary_shape"]
+        layout = int(data.get("layout", 1))
         return cls(
             kind=str(data["kind"]),
             arch=str(data["arch"]),
@@ -101,61 +127,236 @@ class ModelSpec:
             style_dim=int(data["style_dim"]),
             hidden_dim=int(data["hidden_dim"]),
             dropout=float(data["dropout"]),
+            batch_norm=str(data.get("batch_norm", "shared" if layout < 2 else "per-dataset")),
+            layout=layout,
         )
 
 
-class Encoder(nn.Module):
+def halvings(side: int) -> int:
+    """How many 2x2 'same' pools take `side` down to at most MAP_SIDE (8 -> 1, 32 -> 3)."""
+    n = 0
+    while side > MAP_SIDE:
+        side, n = (side + 1) // 2, n + 1
+    return n
+
+
+Layers = tuple[tuple[int | None, bool], ...]  # (conv filters or None for a pool alone, pool after)
+
+
+def shared_layers(shape: tuple[int, int, int]) -> Layers:
+    """The conv stack of `--arch shared` for images of `shape`: always conv 32-64-128, with as
+    many 2x2 pools as take the image to <= 4x4 (8 px: one; 32 px: three); larger images get
+    STEM_FILTERS-wide pooled stages in front (64 px: one; 128 px: two; 224 px: three)."""
+    n = halvings(max(shape[1:]))
+    stem = max(n - len(SHARED_CNN), 0)
+    pools = [True] * min(n, len(SHARED_CNN)) + [False] * max(len(SHARED_CNN) - n, 0)
+    body = tuple((f, p) for (f, _), p in zip(SHARED_CNN, pools, strict=True))
+    return ((STEM_FILTERS, True),) * stem + body
+
+
+def paper_layers(shape: tuple[int, int, int], layers: Layers, layout: int) -> Layers:
+    """The paper's CNN, plus pools alone at its end until the map is <= 4x4 (none at the
+    digit sizes the paper used, so those models are exactly the paper's)."""
+    if layout < 2:
+        return layers
+    side = max(shape[1:])
+    for _, pool in layers:
+        side = (side + 1) // 2 if pool else side
+    return layers + ((None, True),) * halvings(side)
+
+
+class RoleBatchNorm(nn.Module):
+    """One BatchNorm per dataset (its own statistics and affine) in a trunk both datasets share;
+    the trunk sets `role` before each forward pass."""
+
+    def __init__(self, bn: nn.BatchNorm2d, roles: tuple[str, ...]):
+        super().__init__()
+        self.norms = nn.ModuleDict({r: copy.deepcopy(bn) for r in roles})
+        self.role = roles[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norms[self.role](x)
+
+
+def split_batchnorm(module: nn.Module, roles: tuple[str, ...]) -> list[RoleBatchNorm]:
+    """Replace every BatchNorm2d inside `module` with a `RoleBatchNorm` (each role starting from
+    a copy of it); returns them, for the trunk to switch."""
+    out: list[RoleBatchNorm] = []
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            split = RoleBatchNorm(child, roles)
+            setattr(module, name, split)
+            out.append(split)
+        elif not isinstance(child, RoleBatchNorm):
+            out += split_batchnorm(child, roles)
+    return out
+
+
+class Trunk(nn.Module):
+    """A feature extractor: images (B, C, H, W) of dataset `role` -> features (B, out_features).
+
+    `decoder_layers` and `map_shape` describe the conv stack a JADE decoder mirrors."""
+
+    in_shape: tuple[int, int, int]
+    out_features: int
+    decoder_layers: Layers
+    map_shape: tuple[int, int, int]
+
+    def init_norms(self, roles: tuple[str, ...]) -> None:
+        """With two roles, give each dataset its own BatchNorm layers."""
+        self._norms = split_batchnorm(self, roles) if len(roles) > 1 else []
+
+    def forward(self, x: torch.Tensor, role: str = PRIMARY) -> torch.Tensor:
+        for norm in self._norms:
+            norm.role = role
+        return self.features(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def plan(in_shape: tuple[int, int, int], layers: Layers) -> tuple[tuple[int, int, int], list]:
+    """The output shape of a conv stack and the spatial size before each of its pools."""
+    c, h, w = in_shape
+    sizes: list[tuple[int, int]] = []
+    for filters, pool in layers:
+        c = filters if filters is not None else c
+        if pool:
+            sizes.append((h, w))
+            h, w = (h + 1) // 2, (w + 1) // 2
+    return (c, h, w), sizes
+
+
+class Encoder(Trunk):
     """A conv stack: 3x3 convs with ReLU (and BatchNorm before it with `norm`), 2x2 'same'
     max-pools where the spec says."""
 
     def __init__(
         self,
         in_shape: tuple[int, int, int],
-        layers: tuple[tuple[int, bool], ...],
+        layers: Layers,
         norm: bool = False,
+        roles: tuple[str, ...] = (),
     ):
         super().__init__()
-        c, h, w = in_shape
-        self.in_shape = in_shape
-        self.layers = layers
+        c = in_shape[0]
+        self.in_shape, self.layers = in_shape, layers
         blocks: list[nn.Module] = []
-        self.pool_sizes: list[tuple[int, int]] = []  # spatial size before each pool
         for filters, pool in layers:
-            blocks.append(nn.Conv2d(c, filters, 3, padding=1))
-            blocks += [nn.BatchNorm2d(filters)] if norm else []
-            blocks.append(nn.ReLU(inplace=True))
-            c = filters
+            if filters is not None:
+                blocks.append(nn.Conv2d(c, filters, 3, padding=1))
+                blocks += [nn.BatchNorm2d(filters)] if norm else []
+                blocks.append(nn.ReLU(inplace=True))
+                c = filters
             if pool:
-                self.pool_sizes.append((h, w))
                 blocks.append(nn.MaxPool2d(2, ceil_mode=True))
-                h, w = (h + 1) // 2, (w + 1) // 2
         self.net = nn.Sequential(*blocks)
-        self.out_shape = (c, h, w)  # e.g. (8, 4, 4) for 32x32 inputs
-        self.out_features = c * h * w
+        self.out_shape, self.pool_sizes = plan(in_shape, layers)  # e.g. (128, 4, 4) for 32 px
+        self.out_features = math.prod(self.out_shape)
+        self.decoder_layers, self.map_shape = layers, self.out_shape
+        self.init_norms(roles)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)  # (B, out_features)
 
 
-class Decoder(nn.Module):
-    """The mirror of an `Encoder`: dense -> feature map -> transposed conv stack -> logits."""
+class ResNetTrunk(Trunk):
+    """torchvision's ResNet-18 without its classifier, for photos and scans.
 
-    def __init__(self, encoder: Encoder, latent_dim: int):
+    Inputs are normalised with ImageNet's statistics (what pretrained weights expect) and grey
+    images repeated to 3 channels. Below 128 px the stem drops its max-pool, and below 64 px its
+    first conv's stride too (as is usual for CIFAR-sized images): the standard /32 would leave a
+    32 px image 1x1. The final map (4x4 to 8x8) is average-pooled to at most 4x4. Its decoder
+    (JADE) is the `--arch shared` conv stack of the same size, mirrored."""
+
+    def __init__(self, in_shape: tuple[int, int, int], roles: tuple[str, ...] = ()):
         super().__init__()
-        self.fc = nn.Linear(latent_dim, encoder.out_features)
-        self.map_shape = encoder.out_shape
-        in_ch = encoder.in_shape[0]
+        from torchvision.models import resnet18
+
+        self.in_shape = in_shape
+        net = resnet18(weights=None)
+        _, h, w = in_shape
+        side = min(h, w)
+        if side < 128:  # the stem divides by 4; keep more of small images
+            net.maxpool = nn.Identity()
+            net.conv1.stride = (1, 1) if side < 64 else (2, 2)
+        net.fc = nn.Identity()  # type: ignore[assignment]
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        # each stride-2 layer: side -> ceil(side / 2); layers 2-4 and the stem's
+        halvings = 3 + (side >= 64) + (side >= 128)
+        fh, fw = -(-h // 2**halvings), -(-w // 2**halvings)
+        self.pool = nn.AdaptiveAvgPool2d((min(fh, MAP_SIDE), min(fw, MAP_SIDE)))
+        self.out_features = 512 * min(fh, MAP_SIDE) * min(fw, MAP_SIDE)
+        self.decoder_layers = shared_layers(in_shape)
+        self.map_shape = plan(in_shape, self.decoder_layers)[0]
+        self.init_norms(roles)
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))  # (B, 512, H', W')
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return self.pool(self._map(x)).flatten(1)  # (B, out_features)
+
+    def load_torchvision(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Load a torchvision ResNet-18 state dict (its `fc` is ignored) into this trunk, each
+        per-dataset BatchNorm starting from the checkpoint's one."""
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = self.net.state_dict()
+        missing = []
+        new = {}
+        for key in own:
+            source = re.sub(r"\.norms\.[a-z]+\.", ".", key)
+            if source not in state:
+                missing.append(source)
+                continue
+            if tuple(state[source].shape) != tuple(own[key].shape):
+                raise ValueError(
+                    f"{where}: {source} has shape {tuple(state[source].shape)}, ResNet-18 "
+                    f"needs {tuple(own[key].shape)}"
+                )
+            new[key] = state[source]
+        if missing:
+            raise ValueError(
+                f"{where}: not a torchvision ResNet-18 checkpoint ({len(missing)} weights "
+                f"missing, e.g. {missing[0]})"
+            )
+        self.net.load_state_dict(new)
+
+
+class Decoder(nn.Module):
+    """The mirror of a trunk's conv stack: dense -> feature map -> up-samples and convs back to
+    exactly the input size -> logits."""
+
+    def __init__(self, trunk: Trunk, latent_dim: int):
+        super().__init__()
+        self.map_shape = trunk.map_shape
+        self.fc = nn.Linear(latent_dim, math.prod(self.map_shape))
+        layers = trunk.decoder_layers
+        _, pool_sizes = plan(trunk.in_shape, layers)
+        # conv channels of each layer's input, walking the stack forwards
+        channels, c = [], trunk.in_shape[0]
+        for filters, _ in layers:
+            channels.append(c)
+            c = filters if filters is not None else c
         blocks: list[nn.Module] = []
-        pool_sizes = list(encoder.pool_sizes)
-        channels = [in_ch] + [f for f, _ in encoder.layers]
-        # Walk the encoder backwards: undo each pool with an up-sample to the size it pooled
+        first_conv = next(i for i, (f, _) in enumerate(layers) if f is not None)
+        # Walk the stack backwards: undo each pool with an up-sample to the size it pooled
         # from, and each conv c_{i-1} -> c_i with a conv c_i -> c_{i-1}.
-        for i in reversed(range(len(encoder.layers))):
-            if encoder.layers[i][1]:
+        for i in reversed(range(len(layers))):
+            filters, pool = layers[i]
+            if pool:
                 blocks.append(nn.Upsample(size=pool_sizes.pop(), mode="nearest"))
-            blocks.append(nn.Conv2d(channels[i + 1], channels[i], 3, padding=1))
-            if i > 0:
-                blocks.append(nn.ReLU(inplace=True))
+            if filters is not None:
+                blocks.append(nn.Conv2d(filters, channels[i], 3, padding=1))
+                if i > first_conv:
+                    blocks.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*blocks)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -195,24 +396,25 @@ class Posterior:
 
 
 class VAEEncoder(nn.Module):
-    """CNN features -> two Gaussian heads (style, content), each a mean and a log-variance."""
+    """Trunk features -> two Gaussian heads (style, content), each a mean and a log-variance."""
 
     def __init__(
         self,
-        cnn: Encoder,
+        cnn: Trunk,
+        role: str,
         style_dim: int,
         content_dim: int,
         content_head: nn.Linear | None = None,
     ):
         super().__init__()
-        self.cnn = cnn
+        self.cnn, self.role = cnn, role
         self.style_dim, self.content_dim = style_dim, content_dim
         self.style_head = nn.Linear(cnn.out_features, 2 * style_dim)
-        # --arch shared passes one content head to both encoders
+        # one-trunk arches pass one content head to both encoders
         self.content_head = content_head or nn.Linear(cnn.out_features, 2 * content_dim)
 
     def forward(self, x: torch.Tensor) -> Posterior:
-        h = self.cnn(x)
+        h = self.cnn(x, self.role)  # (B, out_features)
         mu_s, lv_s = self.style_head(h).chunk(2, dim=1)
         mu_c, lv_c = self.content_head(h).chunk(2, dim=1)
         return Posterior(mu_s, _squash(lv_s), mu_c, _squash(lv_c))
@@ -230,22 +432,37 @@ def reparameterize(
     return mu + eps * torch.exp(0.5 * logvar)
 
 
-Cnns = tuple[Encoder, Encoder | None]  # (primary, auxiliary)
+Cnns = tuple[Trunk, Trunk | None]  # (primary, auxiliary)
+
+
+def one_trunk(arch: str) -> bool:
+    """Whether `arch` feeds both datasets through one and the same trunk."""
+    return arch in ("shared", "resnet18")
 
 
 def encoders(spec: ModelSpec) -> Cnns:
-    """The primary and (if any) auxiliary conv encoders of `spec.arch`: two separate CNNs
-    (paper), or one CNN, the very same module, for both datasets (shared)."""
-    aux_shape = spec.auxiliary_shape
+    """The primary and (if any) auxiliary trunks of `spec.arch`: two separate CNNs (paper), or
+    one trunk, the very same module, for both datasets (shared, resnet18), with one BatchNorm
+    per dataset unless `spec.batch_norm` is shared."""
+    aux_shape, shape = spec.auxiliary_shape, spec.primary_shape
     if spec.arch == "paper":
-        aux = Encoder(aux_shape, AUXILIARY_CNN) if aux_shape else None
-        return Encoder(spec.primary_shape, PRIMARY_CNN), aux
-    if spec.arch != "shared":
+        aux = (
+            Encoder(aux_shape, paper_layers(aux_shape, AUXILIARY_CNN, spec.layout))
+            if (aux_shape)
+            else None
+        )
+        return Encoder(shape, paper_layers(shape, PRIMARY_CNN, spec.layout)), aux
+    if not one_trunk(spec.arch):
         raise ValueError(f"unknown arch {spec.arch!r}")
-    if aux_shape is not None and aux_shape != spec.primary_shape:
-        raise ValueError(f"--arch shared needs one shape: {spec.primary_shape} vs {aux_shape}")
-    cnn = Encoder(spec.primary_shape, SHARED_CNN, norm=True)
-    return cnn, (cnn if aux_shape else None)
+    if aux_shape is not None and aux_shape != shape:
+        raise ValueError(f"--arch {spec.arch} needs one shape: {shape} vs {aux_shape}")
+    trunk: Trunk
+    if spec.arch == "resnet18":
+        trunk = ResNetTrunk(shape, spec.norm_roles)
+    else:
+        layers = shared_layers(shape) if spec.layout >= 2 else SHARED_CNN
+        trunk = Encoder(shape, layers, norm=True, roles=spec.norm_roles)
+    return trunk, (trunk if aux_shape else None)
 
 
 @dataclass
@@ -308,7 +525,7 @@ class SingleClassifier(RoleModel):
     def features(self, role: str, x: torch.Tensor) -> torch.Tensor:
         if role != PRIMARY:
             raise ValueError(f"a {self.spec.kind} model has no {role} encoder")
-        return self.primary_bottleneck(self.primary_cnn(x))  # (B, content_dim)
+        return self.primary_bottleneck(self.primary_cnn(x, PRIMARY))  # (B, content_dim)
 
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(role, x))
@@ -326,16 +543,16 @@ class PairedClassifier(SingleClassifier):
         super().__init__(spec, cnns)
         assert cnns[1] is not None
         self.aux_cnn = cnns[1]
-        # --arch shared: one bottleneck too, so the whole feature path is shared
+        # one trunk: one bottleneck too, so the whole feature path is shared
         self.aux_bottleneck = (
             self.primary_bottleneck
-            if spec.arch == "shared"
+            if one_trunk(spec.arch)
             else nn.Linear(self.aux_cnn.out_features, spec.content_dim)
         )
 
     def features(self, role: str, x: torch.Tensor) -> torch.Tensor:
         if role == AUXILIARY:
-            return self.aux_bottleneck(self.aux_cnn(x))
+            return self.aux_bottleneck(self.aux_cnn(x, AUXILIARY))
         return super().features(role, x)
 
     def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
@@ -364,10 +581,10 @@ class JADE(RoleModel):
         s, c = spec.style_dim, spec.content_dim
         p_cnn, a_cnn = encoders(spec)
         assert a_cnn is not None
-        # --arch shared: one content head (style heads stay per dataset)
-        head = nn.Linear(p_cnn.out_features, 2 * c) if spec.arch == "shared" else None
-        self.primary_encoder = VAEEncoder(p_cnn, s, c, head)
-        self.aux_encoder = VAEEncoder(a_cnn, s, c, head)
+        # one trunk: one content head too (style heads stay per dataset)
+        head = nn.Linear(p_cnn.out_features, 2 * c) if one_trunk(spec.arch) else None
+        self.primary_encoder = VAEEncoder(p_cnn, PRIMARY, s, c, head)
+        self.aux_encoder = VAEEncoder(a_cnn, AUXILIARY, s, c, head)
         self.primary_decoder = Decoder(self.primary_encoder.cnn, s + c)
         self.aux_decoder = Decoder(self.aux_encoder.cnn, s + c)
         self.classifier = Classifier(c, spec.hidden_dim, spec.num_classes, spec.dropout)
@@ -438,9 +655,11 @@ class JADE(RoleModel):
 
 
 def init_weights(model: nn.Module) -> nn.Module:
-    """He initialisation for every conv and linear layer (they all feed ReLUs or heads)."""
+    """He initialisation for every conv and linear layer (they all feed ReLUs or heads), except
+    inside a ResNet trunk, which keeps torchvision's own initialisation (or pretrained weights)."""
+    resnet = {id(m) for t in model.modules() if isinstance(t, ResNetTrunk) for m in t.modules()}
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if id(m) not in resnet and isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
     return model

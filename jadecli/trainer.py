@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,14 +30,14 @@ from jadecli.compute import (
     autocast,
     input_batches,
     make_optimizer,
-    memory_format,
     place_model,
     to_input,
 )
 from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.data.sampling import IndexStream, PairSampler, derive_seed
-from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
+from jadecli.errors import UsageError
+from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, ResNetTrunk, RoleModel, build_model
 from jadecli.objective import LossWeights, weighted_total
 from jadecli.progress import Reporter
 
@@ -67,6 +68,7 @@ def model_spec(cfg: TrainConfig, data: TrainData) -> ModelSpec:
         style_dim=cfg.style_dim,
         hidden_dim=cfg.hidden_dim,
         dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
     )
 
 
@@ -156,27 +158,63 @@ class Diverged(Exception):
 
 
 def _resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The training images, normalised to float [0, 1] once, on the device, in the model's
-    layout (converted in chunks to bound the temporary memory): every step is then a single
-    index lookup, with nothing decoded, converted or copied to the device per step."""
-    out = torch.empty(
-        images.shape, dtype=torch.float32, device=device, memory_format=memory_format(device)
-    )  # (N, C, H, W)
-    for i in range(0, len(images), 4096):
-        out[i : i + 4096] = to_input(images[i : i + 4096], device)
-    return out
+    """Where the training images live during training: as the 8-bit tensor they were loaded as
+    (a quarter of float32), on the training device when they take at most half of its free
+    memory, else in (pinned) host memory. Each step gathers its batch by index and converts only
+    that to float on the device (`to_input`); on the CPU nothing is copied at all."""
+    if device.type == "cpu":
+        return images  # (N, C, H, W) uint8
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if free is not None and images.numel() > free // 2:
+        return images.pin_memory()
+    return images.to(device)
+
+
+def load_init_weights(model: RoleModel, path: str) -> None:
+    """`--init-weights PATH`: a torchvision ResNet-18 state dict into the model's trunk (read
+    with weights_only=True: tensors, never code)."""
+    where = f"--init-weights {path}"
+    if not Path(path).expanduser().is_file():
+        raise UsageError(f"{where}: no such file")
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{where}: not a readable PyTorch checkpoint ({first})") from None
+    for key in ("state_dict", "model"):  # training scripts often wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(
+            f"{where}: expected a state dict of tensors (torch.save(model.state_dict()))"
+        )
+    trunks = {id(m): m for m in model.modules() if isinstance(m, ResNetTrunk)}
+    try:
+        for trunk in trunks.values():
+            trunk.load_torchvision(state, where)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 class Trainer:
     """The model, optimiser and batches of one run; trains it an epoch at a time."""
 
     def __init__(
-        self, cfg: TrainConfig, data: TrainData, device: torch.device, precision: str = "fp32"
+        self,
+        cfg: TrainConfig,
+        data: TrainData,
+        device: torch.device,
+        precision: str = "fp32",
+        spec: ModelSpec | None = None,
     ):
+        """`spec`: the model a resumed run's checkpoint describes (its layout may predate this
+        version); a new run builds it from the config and loads `--init-weights`."""
         self.cfg, self.data, self.device, self.precision = cfg, data, device, precision
-        self.spec = model_spec(cfg, data)
+        self.spec = spec or model_spec(cfg, data)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(self.spec)
+        if spec is None and cfg.init_weights is not None:
+            load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
         self.optimizer = make_optimizer(
             list(self.model.parameters()), device, cfg.lr, cfg.adam_beta1
@@ -184,13 +222,13 @@ class Trainer:
         self.weights = loss_weights(cfg, self.spec)
         self.aug = Augment(cfg.aug_shift, cfg.aug_rotate, cfg.aug_scale, cfg.aug_color)
         self.terms = self.model.terms
-        # Normalised float images live on the training device once; batches are index lookups.
-        self.lab_x = _resident(data.labeled.images, device)  # (N_p, C, H, W) float, NHWC
+        # 8-bit images stay resident; each batch is an index lookup converted to float.
+        self.lab_x = _resident(data.labeled.images, device)  # (N_p, C, H, W) uint8
         self.lab_y = data.labeled.labels.to(device)
         self.aux_x: torch.Tensor | None = None
         self.sampler: PairSampler | IndexStream
         if data.aux_train is not None:
-            self.aux_x = _resident(data.aux_train.images, device)  # (N_a, C, H, W)
+            self.aux_x = _resident(data.aux_train.images, device)  # (N_a, C, H, W) uint8
             n = len(data.aux_train)
             self.epoch_size = n if cfg.epoch_size == "all" else int(cfg.epoch_size)
             self.sampler = PairSampler(
@@ -244,15 +282,19 @@ class Trainer:
         """(auxiliary images or None, primary images, labels) of one step, augmented."""
         aug_p, aug_a = self.cfg.augment != "none", self.cfg.augment == "all"
         pi = idx[-1]
-        xp, y = self.lab_x[pi], self.lab_y[pi]  # (B, C, H, W) float, (B,)
+        xp, y = self._gather(self.lab_x, pi), self.lab_y[pi]  # (B, C, H, W) float, (B,)
         xp = augment(xp, self.aug) if aug_p else xp
         if self.aux_x is None:
             return None, xp, y
-        xa = self.aux_x[idx[0]]  # same-class partners: its labels equal y
+        xa = self._gather(self.aux_x, idx[0])  # same-class partners: its labels equal y
         xa = augment(xa, self.aug) if aug_a else xa
         if self.data.style_mix > 0:  # some auxiliary images in the primary's style
             xa = style_mix(xa, self.lab_x, self.data.style_mix)
         return xa, xp, y
+
+    def _gather(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] on the device, in the model's layout, from 8-bit ones."""
+        return to_input(images[index.to(images.device)], self.device)  # (B, C, H, W)
 
     def batch_loss(
         self, idx: tuple[torch.Tensor, ...]

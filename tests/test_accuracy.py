@@ -74,7 +74,7 @@ def test_saved_configs_round_trip_and_unknown_keys_are_refused():
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--arch", "resnet", "--arch must be one of paper, shared"),
+        ("--arch", "resnet", "--arch must be one of shared, paper, resnet18"),
         ("--augment", "some", "--augment must be one of none, primary, all"),
         ("--aug-shift", "0.9", "--aug-shift must be between 0 and 0.5"),
         ("--aug-rotate", "-5", "--aug-rotate must be between 0 and 180"),

@@ -61,7 +61,9 @@ SAMPLE = {
     "primary_pad": 2,
     "auxiliary_pad": 3,
     "model": "paired",
-    "arch": "paper",
+    "arch": "resnet18",
+    "batch_norm": "shared",
+    "init_weights": "/weights/resnet18.pth",
     "content_dim": 12,
     "style_dim": 6,
     "hidden_dim": 64,
@@ -88,6 +90,7 @@ SAMPLE = {
     "seed": 11,
     "device": "cpu",
     "precision": "fp32",
+    "memory_budget": 6.5,
     "eval_every": 2,
 }
 

@@ -20,9 +20,11 @@ import torch
 
 from jadecli.config import TrainConfig
 from jadecli.data.core import Dataset, ImageSet
+from jadecli.data.memory import MemoryBudget
 from jadecli.data.registry import align_classes, load_dataset
 from jadecli.data.sampling import first_per_class, labeled_subset
 from jadecli.errors import UsageError
+from jadecli.model import MIN_SIDE, one_trunk
 from jadecli.progress import Reporter
 
 
@@ -54,24 +56,36 @@ def load_pair(
 
     `locate(role, name)` may point a `folder:` dataset somewhere else (data that moved)."""
 
+    budget = MemoryBudget.resolve(cfg.memory_budget)
+
     def load(role: str, size: int | None, pad: int) -> Dataset:
         name = cfg.primary if role == "primary" else cfg.auxiliary
         assert name
         name = locate(role, name) if locate else name
         reporter.info(f"loading {name} ({role})")
-        ds = load_dataset(name, data_dir, download, size, reporter.warn, f"--{role}")
-        return ds.padded(pad)
+        ds = load_dataset(name, data_dir, download, size, reporter.warn, f"--{role}", budget)
+        if pad:
+            c, h, w = ds.image_shape
+            budget.claim(
+                len(ds.train) + len(ds.test),
+                (c, h + 2 * pad, w + 2 * pad),
+                f"--{role}-pad {pad}",
+                f"--{role}-size",
+            )
+        ds = ds.padded(pad)
+        _check_side(ds, role, name)
+        return ds
 
     auxiliary = None
     if cfg.uses_auxiliary:
         auxiliary = load("auxiliary", cfg.auxiliary_size, cfg.auxiliary_pad)
     primary_size = cfg.primary_size
-    if cfg.arch == "shared" and auxiliary is not None and primary_size is None:
+    if one_trunk(cfg.arch) and auxiliary is not None and primary_size is None:
         _, h, w = auxiliary.image_shape  # one trunk: the primary takes the auxiliary's size
         primary_size = h - 2 * cfg.primary_pad
         if h != w or primary_size < 1:
             raise UsageError(
-                f"--arch shared needs both datasets at one square size, but --auxiliary "
+                f"--arch {cfg.arch} needs both datasets at one square size, but --auxiliary "
                 f"{cfg.auxiliary} is {h}x{w} (--primary-pad {cfg.primary_pad}); pass "
                 "--primary-size and --auxiliary-size"
             )
@@ -79,7 +93,7 @@ def load_pair(
     mix = 0.0
     if auxiliary is not None:
         align_classes(primary, auxiliary)
-        primary, auxiliary, mix = prepare_pair(primary, auxiliary, cfg.arch, cfg.style_mix)
+        primary, auxiliary, mix = prepare_pair(primary, auxiliary, cfg.arch, cfg.style_mix, budget)
     return Pair(primary, auxiliary, primary_size, mix)
 
 
@@ -123,19 +137,32 @@ def aux_used_index(cfg: TrainConfig, auxiliary: Dataset) -> torch.Tensor | None:
     return first_per_class(train.labels, auxiliary.classes, cfg.aux_per_class, auxiliary.name)
 
 
+def _check_side(ds: Dataset, role: str, name: str) -> None:
+    _, h, w = ds.image_shape
+    if min(h, w) < MIN_SIDE:
+        raise UsageError(
+            f"--{role} {name}: the images are {h}x{w}, smaller than the {MIN_SIDE}x{MIN_SIDE} the "
+            f"models need; pass --{role}-size {MIN_SIDE} (or larger)"
+        )
+
+
 def prepare_pair(
-    primary: Dataset, auxiliary: Dataset, arch: str, style_mix: float | None
+    primary: Dataset,
+    auxiliary: Dataset,
+    arch: str,
+    style_mix: float | None,
+    budget: MemoryBudget | None = None,
 ) -> tuple[Dataset, Dataset, float]:
     """The two datasets as the model sees them, and the `--style-mix` to train with.
 
-    `--arch shared` feeds both through one CNN: a grey dataset beside a colour one gets 3
-    (identical) channels, and both must have one size. Style mixing needs the auxiliary in the
-    primary's channels too."""
+    `--arch shared` (and resnet18) feeds both through one trunk: a grey dataset beside a colour
+    one gets 3 (identical) channels, and both must have one size. Style mixing needs the
+    auxiliary in the primary's channels too."""
     (cp, hp, wp), (ca, ha, wa) = primary.image_shape, auxiliary.image_shape
     if style_mix is None:  # default: on for a colour primary helped by a grey auxiliary
         style_mix = 0.5 if (cp, ca) == (3, 1) and (hp, wp) == (ha, wa) else 0.0
-    if arch == "shared" or style_mix > 0:
-        what = "--arch shared" if arch == "shared" else f"--style-mix {style_mix}"
+    if one_trunk(arch) or style_mix > 0:
+        what = f"--arch {arch}" if one_trunk(arch) else f"--style-mix {style_mix}"
         if (hp, wp) != (ha, wa):
             raise UsageError(
                 f"{what} needs both datasets at one size, but the primary is {hp}x{wp} and the "
@@ -151,5 +178,10 @@ def prepare_pair(
                 "pass --style-mix 0"
             )
         channels = max(cp, ca)
+        for ds, role in ((primary, "primary"), (auxiliary, "auxiliary")):
+            if budget is not None and ds.image_shape[0] != channels:  # grey -> 3 channels
+                extra = (channels - ds.image_shape[0], *ds.image_shape[1:])
+                what = f"--{role} {ds.name} as {channels} channels (beside a colour dataset)"
+                budget.claim(len(ds.train) + len(ds.test), extra, what, f"--{role}-size")
         primary, auxiliary = primary.with_channels(channels), auxiliary.with_channels(channels)
     return primary, auxiliary, style_mix

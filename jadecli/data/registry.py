@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from jadecli.data.core import DIGITS, Dataset, ImageSet
 from jadecli.data.folder import load_image_folder
+from jadecli.data.memory import MemoryBudget
 from jadecli.errors import DataError
 
 Warn = Callable[[str], None]
@@ -46,13 +47,15 @@ def load_dataset(
     size: int | None,
     warn: Warn,
     flag: str = "--primary",
+    budget: MemoryBudget | None = None,
 ) -> Dataset:
-    """Load one dataset by name; `flag` names the option in error messages."""
+    """Load one dataset by name; `flag` names the option in error messages. `budget` is asked
+    for the bytes of the images before they are decoded or resized."""
     if spec.startswith("folder:"):
         path = spec[len("folder:") :]
         if not path:
             raise DataError(f"{flag} folder: needs a path, e.g. {flag} folder:data/scans")
-        return load_image_folder(spec, Path(path).expanduser(), size, warn, flag)
+        return load_image_folder(spec, Path(path).expanduser(), size, warn, flag, budget)
     if spec in ("mnist", "fashion-mnist"):
         from jadecli.data.torchvision_sets import load_idx_dataset
 
@@ -70,13 +73,17 @@ def load_dataset(
                 f"(as in shared/data/{FOLDER_BUILTINS[spec]}); point --data-dir at the folder "
                 f"that holds {FOLDER_BUILTINS[spec]}/, or use {flag} folder:PATH"
             )
-        ds = load_image_folder(spec, root, size, warn, flag)
+        ds = load_image_folder(spec, root, size, warn, flag, budget)
         ds.name = spec
         return ds
     elif spec in SYNTH:
         ds = load_synth(spec, data_dir, warn)
     else:
         raise DataError(f"{flag} {spec!r}: unknown dataset; use one of {known_names()}")
+    if budget is not None:  # the files' own images are small (digits); resizing may not be
+        c, h, w = ds.image_shape
+        side = (size, size) if size is not None else (h, w)
+        budget.claim(len(ds.train) + len(ds.test), (c, *side), f"{flag} {spec}", f"{flag}-size")
     if size is not None:
         ds.train.images = resize_images(ds.train.images, size)
         ds.test.images = resize_images(ds.test.images, size)
@@ -87,11 +94,14 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear, antialiased resize of uint8 (N, C, H, W) images to (N, C, size, size)."""
     if images.shape[-2:] == (size, size):
         return images
-    out = []
-    for chunk in images.split(4096):
-        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
-        out.append(x.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(out)
+    n, c, h, w = images.shape
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)  # the result, allocated once
+    step = max(1, 2**24 // (c * max(h * w, size * size)))  # float temporaries of ~64 MB
+    for i in range(0, n, step):
+        chunk = images[i : i + step].float()
+        x = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
+        out[i : i + step] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def load_synth(name: str, data_dir: Path, warn: Warn) -> Dataset:

@@ -95,7 +95,7 @@ class ModelSpec:
     @property
     def norm_roles(self) -> tuple[str, ...]:
         """The roles that get BatchNorm layers of their own in a trunk both datasets share."""
-        two = self.auxiliary_shape is not None and self.batch_norm == "per-dataset"
+        two = self.kind != "single" and self.batch_norm == "per-dataset"
         return ROLES if two and self.layout >= 2 else ()
 
     def to_dict(self) -> dict[str, Any]:

@@ -179,8 +179,9 @@ def load_init_weights(model: RoleModel, path: str) -> None:
     try:
         state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UsageError(f"{where}: not a readable PyTorch checkpoint ({first})") from None
+        raise UsageError(
+            f"{where}: not a readable PyTorch checkpoint of tensors ({type(err).__name__})"
+        ) from None
     for key in ("state_dict", "model"):  # training scripts often wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -82,7 +82,7 @@ def test_training_images_stay_8_bit_and_each_batch_is_converted_on_the_device(sy
     source = trainer.data.aux_train.images[index]
     torch.testing.assert_close(batch, source.float() / 255, rtol=0, atol=1e-7)
     torch.manual_seed(0)
-    xa, xp, y = trainer.batch((index, torch.tensor([1, 2, 4])))
+    xa, xp, _ = trainer.batch((index, torch.tensor([1, 2, 4])))
     assert xa.dtype == xp.dtype == torch.float32 and 0 <= float(xa.min()) <= float(xa.max()) <= 1
 
 

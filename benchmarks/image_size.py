@@ -736,6 +736,16 @@ def main(argv: list[str] | None = None) -> int:
         make_colour(data_dir, data / "mnist-colour-128", args.big_aux, args.workers)
 
     records: list[Record] = []
+    if args.big_aux:
+        cmd = big_aux_command(args)
+        rec = Record("big-aux", 128, "jade", 0, "?", shown(cmd), cmd[-1], images=args.big_aux)
+        execute(rec, cmd, args, previous)
+        records.append(rec)
+        print(
+            f"big auxiliary ({args.big_aux:,} x 128 px RGB): {rec.status}, peak RSS "
+            f"{fmt(rec.peak_rss_mib, 0)} MiB, {fmt(rec.wall_s, 0)} s",
+            flush=True,
+        )
     for size in sizes:
         for model in models:
             for seed in seeds:
@@ -751,16 +761,6 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 write_outputs(records, args, sizes, time.perf_counter() - t0)
-    if args.big_aux:
-        cmd = big_aux_command(args)
-        rec = Record("big-aux", 128, "jade", 0, "?", shown(cmd), cmd[-1], images=args.big_aux)
-        execute(rec, cmd, args, previous)
-        records.append(rec)
-        print(
-            f"big auxiliary ({args.big_aux:,} x 128 px RGB): {rec.status}, peak RSS "
-            f"{fmt(rec.peak_rss_mib, 0)} MiB, {fmt(rec.wall_s, 0)} s",
-            flush=True,
-        )
     text = write_outputs(records, args, sizes, time.perf_counter() - t0)
     print(text)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")

@@ -53,9 +53,11 @@ AUXILIARY_CNN = ((32, True), (32, True), (16, True))
 # deeper 32-32-64-64-128 stack was 3.7x slower on CPU for about +0.5 point on USPS (94.1 vs 93.7,
 # one seed).
 SHARED_CNN = ((32, True), (64, True), (128, True))
-# Larger images get extra 2x2-pooled stages of this width in front of SHARED_CNN: cheap layers at
-# high resolution, so a 128 px image costs ~3x a 32 px one, not 16x.
+# Larger images get extra stages of this width in front of SHARED_CNN, each a stride-2 conv (and,
+# in a decoder, a conv at the lower resolution then a pixel shuffle): no layer runs at the full
+# resolution, so a 128 px image costs ~2x a 32 px one, not 16x.
 STEM_FILTERS = 16
+STRIDE = "stride"  # a layer's downsampling: True = 2x2 max-pool after, STRIDE = stride-2 conv
 # Every trunk ends on a feature map of at most MAP_SIDE x MAP_SIDE, whatever the input size, so
 # the heads (and the decoders' first dense layer) keep the size they have for digits.
 MAP_SIDE = 4
@@ -140,18 +142,19 @@ def halvings(side: int) -> int:
     return n
 
 
-Layers = tuple[tuple[int | None, bool], ...]  # (conv filters or None for a pool alone, pool after)
+# (conv filters or None for a pool alone, downsampling: False, True (max-pool after) or STRIDE)
+Layers = tuple[tuple[int | None, bool | str], ...]
 
 
 def shared_layers(shape: tuple[int, int, int]) -> Layers:
     """The conv stack of `--arch shared` for images of `shape`: always conv 32-64-128, with as
     many 2x2 pools as take the image to <= 4x4 (8 px: one; 32 px: three); larger images get
-    STEM_FILTERS-wide pooled stages in front (64 px: one; 128 px: two; 224 px: three)."""
+    STEM_FILTERS-wide stride-2 stages in front (64 px: one; 128 px: two; 224 px: three)."""
     n = halvings(max(shape[1:]))
     stem = max(n - len(SHARED_CNN), 0)
     pools = [True] * min(n, len(SHARED_CNN)) + [False] * max(len(SHARED_CNN) - n, 0)
     body = tuple((f, p) for (f, _), p in zip(SHARED_CNN, pools, strict=True))
-    return ((STEM_FILTERS, True),) * stem + body
+    return ((STEM_FILTERS, STRIDE),) * stem + body
 
 
 def paper_layers(shape: tuple[int, int, int], layers: Layers, layout: int) -> Layers:
@@ -244,11 +247,12 @@ class Encoder(Trunk):
         blocks: list[nn.Module] = []
         for filters, pool in layers:
             if filters is not None:
-                blocks.append(nn.Conv2d(c, filters, 3, padding=1))
+                stride = 2 if pool == STRIDE else 1  # 'same': side -> ceil(side / 2), as a pool
+                blocks.append(nn.Conv2d(c, filters, 3, stride=stride, padding=1))
                 blocks += [nn.BatchNorm2d(filters)] if norm else []
                 blocks.append(nn.ReLU(inplace=True))
                 c = filters
-            if pool:
+            if pool is True:
                 blocks.append(nn.MaxPool2d(2, ceil_mode=True))
         self.net = nn.Sequential(*blocks)
         self.out_shape, self.pool_sizes = plan(in_shape, layers)  # e.g. (128, 4, 4) for 32 px
@@ -330,6 +334,21 @@ class ResNetTrunk(Trunk):
         self.net.load_state_dict(new)
 
 
+class ShuffleUp(nn.Module):
+    """c_in -> c_out channels at twice the resolution, cropped to `size`: a 3x3 conv to
+    4 * c_out channels at the low resolution, then a 2x pixel shuffle."""
+
+    def __init__(self, c_in: int, c_out: int, size: tuple[int, int]):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.size
+        return self.shuffle(self.conv(x))[:, :, :h, :w]  # (B, c_out, h, w)
+
+
 class Decoder(nn.Module):
     """The mirror of a trunk's conv stack: dense -> feature map -> up-samples and convs back to
     exactly the input size -> logits."""
@@ -351,12 +370,15 @@ class Decoder(nn.Module):
         # from, and each conv c_{i-1} -> c_i with a conv c_i -> c_{i-1}.
         for i in reversed(range(len(layers))):
             filters, pool = layers[i]
-            if pool:
+            if pool == STRIDE:  # the mirror of a stride-2 conv: conv at low res, then shuffle
+                assert filters is not None
+                blocks.append(ShuffleUp(filters, channels[i], pool_sizes.pop()))
+            elif pool:
                 blocks.append(nn.Upsample(size=pool_sizes.pop(), mode="nearest"))
-            if filters is not None:
+            if filters is not None and pool != STRIDE:
                 blocks.append(nn.Conv2d(filters, channels[i], 3, padding=1))
-                if i > first_conv:
-                    blocks.append(nn.ReLU(inplace=True))
+            if filters is not None and i > first_conv:
+                blocks.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*blocks)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

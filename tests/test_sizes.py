@@ -57,10 +57,10 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
 
 
 def test_the_shared_trunk_adds_cheap_stages_for_large_images_and_keeps_digit_sizes_as_they_were():
-    from jadecli.model import SHARED_CNN, shared_layers
+    from jadecli.model import SHARED_CNN, STRIDE, shared_layers
 
     assert shared_layers((1, 28, 28)) == SHARED_CNN == shared_layers((3, 32, 32))
-    assert shared_layers((3, 128, 128)) == ((16, True), (16, True), *SHARED_CNN)
+    assert shared_layers((3, 128, 128)) == ((16, STRIDE), (16, STRIDE), *SHARED_CNN)
     assert [p for _, p in shared_layers((1, 8, 8))] == [True, False, False]
     assert len(shared_layers((3, 224, 224))) == 6
 

@@ -44,9 +44,6 @@ RESUME_OVERRIDABLE = frozenset(
     {"epochs", "device", "precision", "data_dir", "download", "eval_every", "memory_budget"}
 )
 
-# What a config saved by an older jadecli meant by a key it did not have yet.
-LEGACY_DEFAULTS: dict[str, Any] = {"batch_norm": "shared"}
-
 # Help panels of `jade train --help`, in the order they appear.
 DATA, MODEL, AUG, OBJ = "Data", "Model", "Augmentation", "Objective"
 OPT, RUN = "Optimisation", "Run"
@@ -584,7 +581,7 @@ class TrainConfig:
         unknown = set(data) - set(field_names(cls))
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**{**LEGACY_DEFAULTS, **data})
+        return cls(**data)
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:

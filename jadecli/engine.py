@@ -53,7 +53,6 @@ from jadecli.errors import (
     TrainingFailed,
     UsageError,
 )
-from jadecli.model import ModelSpec
 from jadecli.progress import Reporter
 from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
 from jadecli.run import now as _now
@@ -218,10 +217,9 @@ def _resumed_config(
 
 
 def _prepare(
-    cfg: TrainConfig, reporter: Reporter, spec: ModelSpec | None = None
+    cfg: TrainConfig, reporter: Reporter, resumed: bool = False
 ) -> tuple[TrainConfig, TrainData, Trainer]:
-    """Device, precision, data and trainer of a session (the slow part of starting); `spec`:
-    a resumed run's model, as its checkpoint describes it."""
+    """Device, precision, data and trainer of a session (the slow part of starting)."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, reporter.warn)
     configure_threads()
@@ -230,7 +228,7 @@ def _prepare(
     data = training_data(cfg, reporter)
     # record what the defaults chose: the size for --arch shared, the style mixing
     cfg = replace(cfg, primary_size=data.primary_size, style_mix=data.style_mix)
-    trainer = Trainer(cfg, data, device, precision, spec)
+    trainer = Trainer(cfg, data, device, precision, resumed)
     if cfg.device == "auto" or cfg.precision == "auto":
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         reporter.info(f"device: {device}, precision {precision}{threads}")
@@ -251,13 +249,7 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
 
 
 def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter) -> _Session:
-    try:
-        spec = ModelSpec.from_dict(dict(restored.state["model_spec"]))
-    except (KeyError, TypeError, ValueError) as err:
-        raise RunDirError(
-            f"{restored.run.checkpoint_path} holds no model description ({err})"
-        ) from None
-    cfg, data, trainer = _prepare(restored.cfg, reporter, spec)
+    cfg, data, trainer = _prepare(restored.cfg, reporter, resumed=True)
     start = trainer.load_state(restored.state)
     run, manifest = restored.run, restored.manifest
     rows = [r for r in run.read_metrics() if int(r["epoch"]) <= start]

@@ -5,22 +5,30 @@
 - `JADE`: one VAE per dataset. Each encoder has two Gaussian heads, style z_s and content z_c;
   only z_c feeds the shared classifier, [z_s, z_c] feeds the dataset's own decoder.
 
-With `arch="shared"` (the default recipe) both datasets go through one and the same CNN
-(conv 32, 64, 128 with BatchNorm, a pool after each), the JADE content head is shared too and
-only the style heads and decoders stay per dataset. With `arch="paper"`, encoders follow the
-authors' 2017 code: the primary gets the paper's SVHN CNN (conv 64, 96, 64, 8; 2x2
-max-pool after the first three), the auxiliary the paper's MNIST CNN (conv 32, 32, 16, pool after
-each). All convs are 3x3, ReLU, 'same' padding; pools round up ('same'), so 28 -> 14 -> 7 -> 4 and
-any image size works. Decoders mirror their encoder exactly, with nearest-neighbour up-sampling
-back to the sizes the encoder pooled from, and output logits (the sigmoid lives in the loss, in
-its numerically stable form).
+With `arch="shared"` (the default recipe) both datasets go through one and the same trunk
+(conv 32, 64, 128 with BatchNorm, a pool after each at digit sizes), the JADE content head is
+shared too and only the style heads and decoders stay per dataset; each dataset has its own
+BatchNorm statistics and affine parameters in it (`RoleBatchNorm`, `batch_norm="per-dataset"`).
+`arch="resnet18"` is the same with torchvision's ResNet-18 as the trunk. With `arch="paper"`,
+encoders follow the authors' 2017 code: the primary gets the paper's SVHN CNN (conv 64, 96, 64,
+8; 2x2 max-pool after the first three), the auxiliary the paper's MNIST CNN (conv 32, 32, 16,
+pool after each). All convs are 3x3, ReLU, 'same' padding; pools round up ('same'), so
+28 -> 14 -> 7 -> 4.
+
+Any size from 8 px up: every trunk ends on a map of at most 4x4 (MAP_SIDE). The shared trunk
+puts as many pools as that takes into its three convs, and for images over 32 px adds stride-2
+16-filter stages in front; the paper's CNNs get pools alone at their end. Decoders mirror their
+trunk's conv stack exactly (nearest-neighbour up-sampling back to each size pooled from, a
+pixel shuffle for each stride-2 stage) and output logits (the sigmoid lives in the loss, in its
+numerically stable form).
 
 Every model answers by dataset role ("primary" or "auxiliary"): `classify(role, x)`,
 `codes(role, x)` (what the analysis commands inspect), and for training
 `forward_train(x_aux, x_primary)` then `loss_terms(out, x_aux, x_primary, y)`, its own terms of
 the objective. Callers never branch on the model's kind.
 
-    python -c "from jadecli.model import JADE; m = JADE((3, 32, 32), (1, 28, 28), 10); print(m)"
+    python -c "from jadecli.model import ModelSpec, build_model; print(build_model(ModelSpec(\
+'jade', 'shared', (3, 64, 64), (3, 64, 64), 10, 10, 10, 500, 0.0)))"
 """
 
 from __future__ import annotations
@@ -62,9 +70,6 @@ STRIDE = "stride"  # a layer's downsampling: True = 2x2 max-pool after, STRIDE =
 # the heads (and the decoders' first dense layer) keep the size they have for digits.
 MAP_SIDE = 4
 MIN_SIDE = 8  # the smallest image side the models take (scikit-learn's digits)
-# Model layouts: 1 = jadecli 0.1 (fixed pools, one BatchNorm for both datasets); 2 = size-adaptive
-# trunks and per-dataset BatchNorm. Checkpoints without a layout are 1 and load as they were.
-LAYOUT = 2
 # log-variances are squashed into (-LOGVAR_LIMIT, LOGVAR_LIMIT): exp() of the difference of two
 # of them, as in the matching KL, then stays far from overflow whatever the optimiser does.
 LOGVAR_LIMIT = 12.0
@@ -87,7 +92,6 @@ class ModelSpec:
     hidden_dim: int
     dropout: float
     batch_norm: str = "per-dataset"  # per-dataset | shared (statistics of one trunk)
-    layout: int = LAYOUT
 
     @property
     def generative(self) -> bool:
@@ -98,7 +102,7 @@ class ModelSpec:
     def norm_roles(self) -> tuple[str, ...]:
         """The roles that get BatchNorm layers of their own in a trunk both datasets share."""
         two = self.kind != "single" and self.batch_norm == "per-dataset"
-        return ROLES if two and self.layout >= 2 else ()
+        return ROLES if two else ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (shapes as lists)."""
@@ -110,15 +114,13 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """The inverse of `to_dict`; KeyError/TypeError/ValueError if a value is missing. A
-        jadecli 0.1 checkpoint (no layout) is layout 1 with one BatchNorm for both datasets."""
+        """The inverse of `to_dict`; KeyError/TypeError/ValueError if a value is missing."""
 
         def shape(value: Any) -> tuple[int, int, int]:
             c, h, w = (int(v) for v in value)
             return c, h, w
 
         aux = data["auxiliary_shape"]
-        layout = int(data.get("layout", 1))
         return cls(
             kind=str(data["kind"]),
             arch=str(data["arch"]),
@@ -129,8 +131,7 @@ class ModelSpec:
             style_dim=int(data["style_dim"]),
             hidden_dim=int(data["hidden_dim"]),
             dropout=float(data["dropout"]),
-            batch_norm=str(data.get("batch_norm", "shared" if layout < 2 else "per-dataset")),
-            layout=layout,
+            batch_norm=str(data["batch_norm"]),
         )
 
 
@@ -157,11 +158,9 @@ def shared_layers(shape: tuple[int, int, int]) -> Layers:
     return ((STEM_FILTERS, STRIDE),) * stem + body
 
 
-def paper_layers(shape: tuple[int, int, int], layers: Layers, layout: int) -> Layers:
+def paper_layers(shape: tuple[int, int, int], layers: Layers) -> Layers:
     """The paper's CNN, plus pools alone at its end until the map is <= 4x4 (none at the
     digit sizes the paper used, so those models are exactly the paper's)."""
-    if layout < 2:
-        return layers
     side = max(shape[1:])
     for _, pool in layers:
         side = (side + 1) // 2 if pool else side
@@ -468,12 +467,8 @@ def encoders(spec: ModelSpec) -> Cnns:
     per dataset unless `spec.batch_norm` is shared."""
     aux_shape, shape = spec.auxiliary_shape, spec.primary_shape
     if spec.arch == "paper":
-        aux = (
-            Encoder(aux_shape, paper_layers(aux_shape, AUXILIARY_CNN, spec.layout))
-            if (aux_shape)
-            else None
-        )
-        return Encoder(shape, paper_layers(shape, PRIMARY_CNN, spec.layout)), aux
+        aux = Encoder(aux_shape, paper_layers(aux_shape, AUXILIARY_CNN)) if aux_shape else None
+        return Encoder(shape, paper_layers(shape, PRIMARY_CNN)), aux
     if not one_trunk(spec.arch):
         raise ValueError(f"unknown arch {spec.arch!r}")
     if aux_shape is not None and aux_shape != shape:
@@ -482,8 +477,7 @@ def encoders(spec: ModelSpec) -> Cnns:
     if spec.arch == "resnet18":
         trunk = ResNetTrunk(shape, spec.norm_roles)
     else:
-        layers = shared_layers(shape) if spec.layout >= 2 else SHARED_CNN
-        trunk = Encoder(shape, layers, norm=True, roles=spec.norm_roles)
+        trunk = Encoder(shape, shared_layers(shape), norm=True, roles=spec.norm_roles)
     return trunk, (trunk if aux_shape else None)
 
 

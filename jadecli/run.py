@@ -34,8 +34,8 @@ from jadecli.errors import RunDirError, StorageError
 
 # The run folder's formats. A folder or checkpoint of another version gets one line naming the
 # version that wrote it; there are no compatibility layers for unreleased versions.
-SCHEMA_VERSION = 2  # manifest.yaml
-CHECKPOINT_FORMAT = 2  # checkpoints/*.pt
+SCHEMA_VERSION = 3  # manifest.yaml
+CHECKPOINT_FORMAT = 3  # checkpoints/*.pt
 MANIFEST = "manifest.yaml"
 METRICS = "metrics.csv"
 LABELED = "labeled_indices.csv"

@@ -206,15 +206,15 @@ class Trainer:
         data: TrainData,
         device: torch.device,
         precision: str = "fp32",
-        spec: ModelSpec | None = None,
+        resumed: bool = False,
     ):
-        """`spec`: the model a resumed run's checkpoint describes (its layout may predate this
-        version); a new run builds it from the config and loads `--init-weights`."""
+        """`resumed`: the weights will come from the run's checkpoint, so `--init-weights` is
+        not read (the file may be gone)."""
         self.cfg, self.data, self.device, self.precision = cfg, data, device, precision
-        self.spec = spec or model_spec(cfg, data)
+        self.spec = model_spec(cfg, data)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(self.spec)
-        if spec is None and cfg.init_weights is not None:
+        if not resumed and cfg.init_weights is not None:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
         self.optimizer = make_optimizer(

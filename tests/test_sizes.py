@@ -9,7 +9,6 @@ allocated.
 
 from __future__ import annotations
 
-import hashlib
 import tracemalloc
 
 import numpy as np
@@ -131,31 +130,6 @@ def test_batch_norm_shared_keeps_one_set_of_statistics_as_before():
     assert _norms(model) == []
     single = build_model(ModelSpec("single", "shared", (1, 28, 28), None, 10, 10, 10, 32, 0.0))
     assert _norms(single) == []  # one dataset: nothing to split
-
-
-# What jadecli 0.1 checkpoints hold (names and shapes of every tensor), recorded from its code:
-LEGACY_LAYOUTS = {
-    ("jade", "shared", (1, 28, 28)): "0bf2722841337888",
-    ("jade", "shared", (1, 16, 16)): "d189e03b3b71d4ea",
-    ("paired", "shared", (3, 32, 32)): "ff5e0a9f46509f58",
-    ("single", "shared", (1, 16, 16)): "09c0dedf69be1c2d",
-    ("jade", "paper", (3, 32, 32)): "8f55eab8af2d23e5",
-}
-
-
-@pytest.mark.parametrize(("kind", "arch", "shape"), list(LEGACY_LAYOUTS))
-def test_checkpoints_of_jadecli_0_1_rebuild_the_model_they_were_trained_as(kind, arch, shape):
-    aux = None if kind == "single" else ((1, 28, 28) if arch == "paper" else shape)
-    saved = ModelSpec(kind, arch, shape, aux, 10, 10, 10, 500, 0.0).to_dict()
-    del saved["layout"], saved["batch_norm"]  # what 0.1 wrote
-    spec = ModelSpec.from_dict(saved)
-    assert (spec.layout, spec.batch_norm) == (1, "shared")
-    state = build_model(spec).state_dict()
-    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
-    assert hashlib.sha256(text.encode()).hexdigest()[:16] == LEGACY_LAYOUTS[(kind, arch, shape)]
-    old_config = TrainConfig(primary="mnist", auxiliary="usps", n_labeled=10).to_dict()
-    del old_config["batch_norm"], old_config["init_weights"], old_config["memory_budget"]
-    assert TrainConfig.from_dict(old_config).batch_norm == "shared"
 
 
 # --------------------------------------------------------------------------- ResNet-18

@@ -48,7 +48,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
     assert ("auxiliary test accuracy (synth-hand)" in output) == (model != "single")
 
     m = read_manifest(out)
-    assert m["schema_version"] == 2
+    assert m["schema_version"] == 3
     assert m["status"] == "completed"
     assert m["epochs_completed"] == 2
     assert m["config"]["model"] == model

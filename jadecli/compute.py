@@ -22,7 +22,9 @@ print(r('auto', torch.device('cpu')))"
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -131,6 +133,26 @@ def input_batches(
     """(start, float batch) over uint8 images: each image is converted once, batch by batch."""
     for start in range(0, len(images), batch_size):
         yield start, to_input(images[start : start + batch_size], device)
+
+
+# glibc keeps freed blocks below its mmap threshold in its heap, and raises that threshold (up
+# to 32 MiB) each time a larger block is freed: a step's 10-30 MB activations at 128 px then stay
+# resident between steps as fragmented heap (+340 MiB of peak RSS measured). Fixed at 16 MiB,
+# larger tensors go back to the system when freed while the small ones of digit-sized images
+# stay on the heap (1 MiB cost 35% of the 32 px training speed).
+MMAP_THRESHOLD = 16 << 20
+
+
+def configure_allocator() -> None:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD (Linux; no-op elsewhere, or when the user
+    set MALLOC_MMAP_THRESHOLD_)."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
+    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
+        pass
 
 
 def configure_threads() -> int:

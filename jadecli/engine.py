@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from jadecli import __version__
-from jadecli.compute import configure_threads, resolve_device, resolve_precision
+from jadecli.compute import (
+    configure_allocator,
+    configure_threads,
+    resolve_device,
+    resolve_precision,
+)
 from jadecli.config import RESUME_OVERRIDABLE, TrainConfig, field_names, flag
 from jadecli.data.core import default_data_dir
 from jadecli.data.pair import TrainData, training_data
@@ -223,6 +228,7 @@ def _prepare(
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, reporter.warn)
     configure_threads()
+    configure_allocator()
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))
     data = training_data(cfg, reporter)
@@ -481,7 +487,7 @@ def _versions() -> dict[str, str]:
 
 def _datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     """What the manifest records about the datasets and the parts of them used."""
-    primary = data.primary.describe()
+    primary = dict(data.described["primary"])
     primary["labeled"] = {
         "size": len(data.labeled),
         "per_class": data.labeled.class_counts(data.primary.num_classes),
@@ -490,7 +496,7 @@ def _datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     }
     out = {"primary": primary}
     if data.auxiliary is not None and data.aux_train is not None:
-        aux = data.auxiliary.describe()
+        aux = dict(data.described["auxiliary"])
         aux["used_train_size"] = len(data.aux_train)
         aux["used_per_class"] = data.aux_train.class_counts(data.auxiliary.num_classes)
         out["auxiliary"] = aux

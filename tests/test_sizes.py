@@ -14,6 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import TINY, load_ckpt, make_folder, tiny_synth_args
 from PIL import Image
 
@@ -309,3 +310,27 @@ def test_the_budget_counts_what_each_loader_is_about_to_allocate(tmp_path):
     tight = MemoryBudget(12 * 64 * 64 - 1, "--memory-budget x")
     with pytest.raises(DataError, match=r"12 images of 1x64x64 need .*--primary-size"):
         load_dataset(f"folder:{tmp_path / 'd'}", tmp_path, False, 64, print, "--primary", tight)
+
+
+def test_a_training_run_holds_only_the_images_it_trains_on(synth_dir, trained_runs):
+    """The unlabeled primary images (and unused auxiliary ones) are freed before training; the
+    manifest still describes the whole datasets."""
+    from jadecli.data.pair import training_data
+    from jadecli.progress import NullReporter
+
+    cfg = TrainConfig(
+        primary="synth-street",
+        auxiliary="synth-hand",
+        n_labeled=50,
+        aux_per_class=30,
+        data_dir=str(synth_dir),
+    )
+    data = training_data(cfg, NullReporter())
+    assert len(data.primary.train) == len(data.labeled) == 50
+    assert len(data.auxiliary.train) == len(data.aux_train) == 300
+    assert data.primary.train.images.data_ptr() == data.labeled.images.data_ptr()
+    assert data.described["primary"]["train_size"] == 10_000
+    assert data.described["auxiliary"]["train_size"] == 12_000
+    manifest = yaml.safe_load((trained_runs["jade"] / "manifest.yaml").read_text())
+    assert manifest["datasets"]["primary"]["train_size"] == 10_000
+    assert manifest["datasets"]["primary"]["labeled"]["size"] == 50

@@ -13,8 +13,9 @@ PlainReporter()); print(d.primary.image_shape, len(d.labeled), len(d.aux_train))
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,9 +41,15 @@ class Pair:
 
 @dataclass
 class TrainData(Pair):
-    labeled_index: torch.Tensor  # indices into primary.train
+    """What a training run holds. `primary.train` is only the labeled images and
+    `auxiliary.train` only the ones used: a run never keeps images it does not train on (with
+    100 of 9,001 labeled, the rest were 99% of the primary's training memory); `described` is
+    what the manifest records about the whole datasets."""
+
+    labeled_index: torch.Tensor  # indices into the whole primary training split
     labeled: ImageSet
     aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
+    described: dict[str, dict[str, Any]]  # role -> Dataset.describe() of the whole dataset
 
 
 def load_pair(
@@ -106,18 +113,24 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
     pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
     primary, auxiliary = pair.primary, pair.auxiliary
     index = labeled_index(cfg, primary)
+    described = {"primary": primary.describe()}
+    labeled = primary.train.subset(index)
+    primary = replace(primary, train=labeled)  # the unlabeled images are freed
     aux_train = None
     if auxiliary is not None:
+        described["auxiliary"] = auxiliary.describe()
         used = aux_used_index(cfg, auxiliary)
         aux_train = auxiliary.train if used is None else auxiliary.train.subset(used)
+        auxiliary = replace(auxiliary, train=aux_train)
     return TrainData(
         primary=primary,
         auxiliary=auxiliary,
         primary_size=pair.primary_size,
         style_mix=pair.style_mix,
         labeled_index=index,
-        labeled=primary.train.subset(index),
+        labeled=labeled,
         aux_train=aux_train,
+        described=described,
     )
 
 

@@ -317,7 +317,9 @@ class ResNetTrunk(Trunk):
         for key in own:
             source = re.sub(r"\.norms\.[a-z]+\.", ".", key)
             if source not in state:
-                missing.append(source)
+                # torchvision's published files predate BatchNorm's step counter
+                if not source.endswith("num_batches_tracked"):
+                    missing.append(source)
                 continue
             if tuple(state[source].shape) != tuple(own[key].shape):
                 raise ValueError(
@@ -325,12 +327,16 @@ class ResNetTrunk(Trunk):
                     f"needs {tuple(own[key].shape)}"
                 )
             new[key] = state[source]
-        if missing:
-            raise ValueError(
-                f"{where}: not a torchvision ResNet-18 checkpoint ({len(missing)} weights "
-                f"missing, e.g. {missing[0]})"
+        sources = {re.sub(r"\.norms\.[a-z]+\.", ".", key) for key in own}
+        extra = [k for k in state if k not in sources and not k.startswith("fc.")]
+        if missing or extra:  # e.g. a ResNet-34: more blocks, same first ones
+            what = (
+                f"{len(missing)} weights missing, e.g. {missing[0]}"
+                if missing
+                else (f"{extra[0]} is not part of one")
             )
-        self.net.load_state_dict(new)
+            raise ValueError(f"{where}: not a torchvision ResNet-18 checkpoint ({what})")
+        self.net.load_state_dict(new, strict=False)  # only the counters may be left out
 
 
 class ShuffleUp(nn.Module):

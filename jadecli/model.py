@@ -231,7 +231,7 @@ def plan(in_shape: tuple[int, int, int], layers: Layers) -> tuple[tuple[int, int
 
 class Encoder(Trunk):
     """A conv stack: 3x3 convs with ReLU (and BatchNorm before it with `norm`), 2x2 'same'
-    max-pools where the spec says."""
+    max-pools or stride-2 convs where the layers say."""
 
     def __init__(
         self,

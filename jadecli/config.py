@@ -35,7 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
 ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
-BATCH_NORMS = ("per-dataset", "shared")
+BATCH_NORMS = ("shared", "per-dataset")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("per-pixel", "sum")
 
@@ -352,12 +352,13 @@ class TrainConfig:
         choices=ARCHES,
     )
     batch_norm: str = opt(
-        "per-dataset",
-        "BatchNorm in the one trunk of --arch shared/resnet18: per-dataset (each dataset its own "
-        "statistics and scale, in training and evaluation; the convolutions stay shared) or "
-        "shared (one set of running statistics for both, as jadecli 0.1 did).",
+        "shared",
+        "BatchNorm in the one trunk of --arch shared/resnet18: shared (one set of running "
+        "statistics for both datasets) or per-dataset (each dataset its own statistics and "
+        "scale, in training and evaluation; the convolutions stay shared). Measured on digits: "
+        "per-dataset +0.6 points on the auxiliary, -0.4 to -0.6 on the primary (within noise).",
         group=MODEL,
-        metavar="per-dataset|shared",
+        metavar="shared|per-dataset",
         choices=BATCH_NORMS,
     )
     init_weights: str | None = opt(

@@ -7,8 +7,9 @@
 
 With `arch="shared"` (the default recipe) both datasets go through one and the same trunk
 (conv 32, 64, 128 with BatchNorm, a pool after each at digit sizes), the JADE content head is
-shared too and only the style heads and decoders stay per dataset; each dataset has its own
-BatchNorm statistics and affine parameters in it (`RoleBatchNorm`, `batch_norm="per-dataset"`).
+shared too and only the style heads and decoders stay per dataset; with
+`batch_norm="per-dataset"` each dataset has its own BatchNorm statistics and affine parameters
+in it (`RoleBatchNorm`).
 `arch="resnet18"` is the same with torchvision's ResNet-18 as the trunk. With `arch="paper"`,
 encoders follow the authors' 2017 code: the primary gets the paper's SVHN CNN (conv 64, 96, 64,
 8; 2x2 max-pool after the first three), the auxiliary the paper's MNIST CNN (conv 32, 32, 16,
@@ -91,7 +92,7 @@ class ModelSpec:
     style_dim: int
     hidden_dim: int
     dropout: float
-    batch_norm: str = "per-dataset"  # per-dataset | shared (statistics of one trunk)
+    batch_norm: str = "shared"  # shared | per-dataset (statistics of one trunk)
 
     @property
     def generative(self) -> bool:
@@ -470,7 +471,7 @@ def one_trunk(arch: str) -> bool:
 def encoders(spec: ModelSpec) -> Cnns:
     """The primary and (if any) auxiliary trunks of `spec.arch`: two separate CNNs (paper), or
     one trunk, the very same module, for both datasets (shared, resnet18), with one BatchNorm
-    per dataset unless `spec.batch_norm` is shared."""
+    per dataset with `spec.batch_norm` per-dataset."""
     aux_shape, shape = spec.auxiliary_shape, spec.primary_shape
     if spec.arch == "paper":
         aux = Encoder(aux_shape, paper_layers(aux_shape, AUXILIARY_CNN)) if aux_shape else None

@@ -62,7 +62,7 @@ SAMPLE = {
     "auxiliary_pad": 3,
     "model": "paired",
     "arch": "resnet18",
-    "batch_norm": "shared",
+    "batch_norm": "per-dataset",
     "init_weights": "/weights/resnet18.pth",
     "content_dim": 12,
     "style_dim": 6,

@@ -105,7 +105,7 @@ def _norms(model) -> list[RoleBatchNorm]:
 @pytest.mark.parametrize("arch", ["shared", "resnet18"])
 def test_each_dataset_trains_and_is_evaluated_with_its_own_batchnorm(arch):
     torch.manual_seed(0)
-    model = build_model(spec_for(arch, 16, kind="paired"))
+    model = build_model(spec_for(arch, 16, kind="paired", batch_norm="per-dataset"))
     assert _norms(model) and all(set(n.norms) == {PRIMARY, AUXILIARY} for n in _norms(model))
     # training: dark auxiliary images, bright primary ones; each role's running mean follows
     # its own dataset only
@@ -127,7 +127,7 @@ def test_each_dataset_trains_and_is_evaluated_with_its_own_batchnorm(arch):
 
 
 def test_batch_norm_shared_keeps_one_set_of_statistics_as_before():
-    model = build_model(spec_for("shared", 28, kind="jade", batch_norm="shared"))
+    model = build_model(spec_for("shared", 28, kind="jade"))  # the default
     assert _norms(model) == []
     single = build_model(ModelSpec("single", "shared", (1, 28, 28), None, 10, 10, 10, 32, 0.0))
     assert _norms(single) == []  # one dataset: nothing to split
@@ -153,6 +153,7 @@ def test_resnet18_starts_from_the_given_torchvision_file_and_trains(tmp_path, sy
     weights = _torchvision_resnet(tmp_path / "resnet18.pth")
     out = tmp_path / "run"
     extra = ("--arch", "resnet18", "--init-weights", str(tmp_path / "resnet18.pth"))
+    extra += ("--batch-norm", "per-dataset")
     extra += ("--primary-size", "16", "--auxiliary-size", "16", "--epochs", "1")
     extra += ("--epoch-size", "100")
     # the same run with --epochs 0 does not exist; so train one step-free check first:
@@ -166,6 +167,7 @@ def test_resnet18_starts_from_the_given_torchvision_file_and_trains(tmp_path, sy
         n_labeled=50,
         data_dir=str(synth_dir),
         arch="resnet18",
+        batch_norm="per-dataset",
         init_weights=str(tmp_path / "resnet18.pth"),
         primary_size=16,
         auxiliary_size=16,

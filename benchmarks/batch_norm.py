@@ -18,10 +18,11 @@ import csv
 import datetime
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from accuracy import mean_std  # benchmarks/accuracy.py, beside this script
 
 ARMS = ("shared", "per-dataset")  # before, after
 HERE = Path(__file__).resolve().parent
@@ -61,14 +62,6 @@ def final_row(run: Path) -> dict[str, str] | None:
 
 def pct(value: str | None) -> float | None:
     return 100 * float(value) if value not in (None, "") else None
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def render(args: argparse.Namespace) -> str:

@@ -255,7 +255,7 @@ class Encoder(Trunk):
             if pool is True:
                 blocks.append(nn.MaxPool2d(2, ceil_mode=True))
         self.net = nn.Sequential(*blocks)
-        self.out_shape, self.pool_sizes = plan(in_shape, layers)  # e.g. (128, 4, 4) for 32 px
+        self.out_shape = plan(in_shape, layers)[0]  # e.g. (128, 4, 4) for 32 px
         self.out_features = math.prod(self.out_shape)
         self.decoder_layers, self.map_shape = layers, self.out_shape
         self.init_norms(roles)
@@ -289,8 +289,8 @@ class ResNetTrunk(Trunk):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         # each stride-2 layer: side -> ceil(side / 2); layers 2-4 and the stem's
-        halvings = 3 + (side >= 64) + (side >= 128)
-        fh, fw = -(-h // 2**halvings), -(-w // 2**halvings)
+        strided = 3 + (side >= 64) + (side >= 128)
+        fh, fw = -(-h // 2**strided), -(-w // 2**strided)
         self.pool = nn.AdaptiveAvgPool2d((min(fh, MAP_SIDE), min(fw, MAP_SIDE)))
         self.out_features = 512 * min(fh, MAP_SIDE) * min(fw, MAP_SIDE)
         self.decoder_layers = shared_layers(in_shape)

@@ -295,6 +295,14 @@ def train(
         )
     acc_p = result.final.get("primary_test_accuracy")
     acc_a = result.final.get("auxiliary_test_accuracy")
+    acc_v = result.final.get("primary_val_accuracy")
+    if result.final.get("selection") == "best-val":
+        typer.echo(
+            f"selected epoch {result.final.get('selected_epoch')} of {result.epochs_completed} "
+            f"(best validation accuracy, {100 * (acc_v or 0):.2f}%): checkpoints/best.pt"
+        )
+    elif acc_v is not None:
+        typer.echo(f"primary   validation accuracy: {100 * acc_v:.2f}%")
     if acc_p is not None:
         typer.echo(f"primary   test accuracy ({result.primary}): {100 * acc_p:.2f}%")
     if acc_a is not None:

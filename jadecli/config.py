@@ -37,11 +37,13 @@ LABELED_SELECTIONS = ("random", "first")
 ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
 BATCH_NORMS = ("shared", "per-dataset")
 AUGMENTS = ("none", "primary", "all")
-LOSS_SCALES = ("per-pixel", "sum")
+LOSS_SCALES = ("mean", "sum")
+MATCH_TARGETS = ("posterior", "detached")
+SELECTIONS = ("last", "best-val")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(
-    {"epochs", "device", "precision", "data_dir", "download", "eval_every", "memory_budget"}
+    {"epochs", "device", "precision", "data_dir", "download", "eval_every", "test", "memory_budget"}
 )
 
 # Help panels of `jade train --help`, in the order they appear.
@@ -191,8 +193,11 @@ def _coerce(f: Field[Any], value: Any) -> Any:
         if "None" in kind:
             return None
         raise ConfigError(name, "needs a value (got nothing)")
-    if isinstance(value, str) and f.metadata.get("parse") is not None:
-        return f.metadata["parse"](value)
+    if f.metadata.get("parse") is not None and not isinstance(value, bool):
+        if isinstance(value, str):
+            return f.metadata["parse"](value)
+        if isinstance(value, (int, float)):  # a number from YAML or from code
+            return f.metadata["parse"](repr(value))
     if _is_count_or_all(f):
         if isinstance(value, str):
             text = value.strip().lower()
@@ -233,6 +238,28 @@ def _as_int(name: str, value: Any) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     raise ConfigError(name, f"must be an integer (got {value!r})")
+
+
+def parse_val(text: str) -> int | float:
+    """`--val`: `20` -> 20 images, `0.2` or `20%` -> the fraction 0.2."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return float(value[:-1]) / 100
+        number = float(value)
+    except ValueError:
+        raise ConfigError(
+            "val", f"must be a number of images (20) or a fraction (0.2 or 20%) (got {text!r})"
+        ) from None
+    return int(number) if number.is_integer() else number
+
+
+def _val_problem(value: int | float) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 1 else f"must be at least 1 image, or a fraction (got {value})"
+    if 0 < value < 1:
+        return None
+    return f"must be a whole number of images or a fraction in (0, 1) (got {value})"
 
 
 def _device_problem(dev: str) -> str | None:
@@ -276,6 +303,25 @@ class TrainConfig:
         "(the first images of each class, as in the paper).",
         group=DATA,
         choices=LABELED_SELECTIONS,
+    )
+    val: int | float | None = opt(
+        None,
+        "Hold out this many of the --n-labeled images (class-balanced, drawn with --seed), or "
+        "this fraction of them (0.2 or 20%), as a validation split: never trained on, scored "
+        "after every epoch, and what --select best-val chooses by. Default: none.",
+        group=DATA,
+        metavar="N|FRACTION",
+        parse=parse_val,
+        check=_val_problem,
+    )
+    select: str = opt(
+        "last",
+        "Which epoch's weights the run ends with: last, or best-val (the epoch with the best "
+        "validation accuracy; needs --val). The final metrics, `jade evaluate` and the other "
+        "commands use the selected checkpoint.",
+        group=DATA,
+        metavar="last|best-val",
+        choices=SELECTIONS,
     )
     aux_per_class: int | None = opt(
         None,
@@ -431,30 +477,55 @@ class TrainConfig:
     )
     # --- objective (the paper's equation 2) ---
     loss_scale: str = opt(
-        "per-pixel",
-        "per-pixel: divide each dataset's ELBO terms (reconstruction, KL, matching) by its number "
-        "of pixel values, so the weights below mean the same for 16x16 grey and 32x32 colour "
-        "images; sum: nats summed over pixels, as in the paper (whose CE weights were 1e4/1e5).",
+        "mean",
+        "mean: every term of the objective is a mean over its own elements (reconstruction per "
+        "pixel value, each KL per latent dimension), so each weight below means the same for "
+        "16x16 grey and 128x128 colour images and any latent sizes; sum: nats summed over pixels "
+        "and latent dimensions, as in the paper (whose CE weights were 1e4/1e5).",
         group=OBJ,
-        metavar="per-pixel|sum",
+        metavar="mean|sum",
         choices=LOSS_SCALES,
     )
     recon_weight: float = opt(
         1.0,
-        "Weight of each image's reconstruction cross-entropy (summed over pixels).",
+        "Weight of each image's reconstruction cross-entropy (per pixel value).",
         group=OBJ,
         range=NON_NEGATIVE,
     )
     kl_weight: float = opt(
-        1.0,
-        "Weight of the KL terms to the N(0, I) prior (style; aux content).",
+        0.003,
+        "Weight of the KL terms to the N(0, I) prior (style of both datasets, content of the "
+        "auxiliary), each per latent dimension.",
         group=OBJ,
         range=NON_NEGATIVE,
     )
     match_weight: float = opt(
-        100.0,
-        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching "
-        "(with --loss-scale per-pixel it is divided by the primary's pixel values too).",
+        0.3,
+        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching, per "
+        "content dimension.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    match_target: str = opt(
+        "posterior",
+        "What the matching KL moves (jade): posterior (both content posteriors, as in the paper) "
+        "or detached (only the primary's: the auxiliary posterior is a fixed target, and is not "
+        "widened to cover the primary's codes).",
+        group=OBJ,
+        metavar="posterior|detached",
+        choices=MATCH_TARGETS,
+    )
+    ce_on_mean: bool = opt(
+        False,
+        "jade: train the classifier on the content posterior means (what it predicts from) as "
+        "well as on samples; each cross-entropy is then the average of the two.",
+        group=OBJ,
+    )
+    separation_weight: float = opt(
+        0.0,
+        "jade: weight of a class-separation term (as in CCSA and d-SNE): content means of "
+        "different-class auxiliary/primary pairs in a batch are pushed at least sqrt(2 x "
+        "--content-dim) apart (squared hinge, per content dimension). 0: off, as in the paper.",
         group=OBJ,
         range=NON_NEGATIVE,
     )
@@ -505,6 +576,15 @@ class TrainConfig:
     adam_beta1: float = opt(
         0.9, "Adam's beta_1 (the paper used 0.1).", group=OPT, range=Range(0, 1, open_hi=True)
     )
+    ema: float = opt(
+        0.0,
+        "Evaluate, select and save an exponential moving average of the weights with this "
+        "decay per step (e.g. 0.99: about the last 100 steps; warmed up as min(decay, (1 + t) / "
+        "(10 + t)) at step t); 0: off, the weights as trained.",
+        group=OPT,
+        metavar="DECAY",
+        range=Range(0, 1, open_hi=True),
+    )
     grad_clip: float = opt(
         100.0,
         "Clip the gradient's global norm to this value (0 disables clipping).",
@@ -545,6 +625,12 @@ class TrainConfig:
         group=RUN,
         range=Range(0),
     )
+    test: bool = opt(
+        True,
+        "Evaluate the test split (every --eval-every epochs and after the last). --no-test "
+        "never touches it: for recipe searches, which must choose without test data.",
+        group=RUN,
+    )
 
     def __post_init__(self) -> None:
         if not self.primary:
@@ -561,6 +647,18 @@ class TrainConfig:
                 "init_weights",
                 f"loads a ResNet-18 trunk, so it needs --arch resnet18 (got {self.arch})",
             )
+        if self.select == "best-val" and self.val is None:
+            raise ConfigError(
+                "select", "best-val needs a validation split: add --val N (e.g. --val 20%)"
+            )
+        if self.val is not None and self.n_labeled != "all" and isinstance(self.val, int):
+            assert isinstance(self.n_labeled, int)
+            if self.val >= self.n_labeled:
+                raise ConfigError(
+                    "val",
+                    f"{self.val} leaves nothing to train on: it must be smaller than "
+                    f"--n-labeled {self.n_labeled}",
+                )
         if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
             raise ConfigError(
                 "primary_ce_weight",
@@ -690,11 +788,12 @@ def requested_changes(flags: dict[str, Any], config_file: Path | None = None) ->
 SRC = RUN  # help panel of the options every analysis command shares
 ANALYSIS_DATASETS = ("primary", "auxiliary", "both")
 MAX_RECONSTRUCT_N = 32
-SPLITS = ("test", "train-labeled", "train-unlabeled", "train")
+SPLITS = ("test", "val", "train-labeled", "train-unlabeled", "train")
 SPLIT_HELP = (
-    "Images to use: test (the test split), train-labeled (the labeled primary images the run "
-    "trained on, and the auxiliary training images it used), train-unlabeled (the training "
-    "images it never saw labels of), or train (whole training splits)."
+    "Images to use: test (the test split), val (the primary images --val held out), "
+    "train-labeled (the labeled primary images the run trained on, and the auxiliary training "
+    "images it used), train-unlabeled (the training images it never saw labels of), or train "
+    "(whole training splits)."
 )
 
 

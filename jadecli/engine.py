@@ -58,10 +58,19 @@ from jadecli.errors import (
     TrainingFailed,
     UsageError,
 )
+from jadecli.model import PRIMARY
 from jadecli.progress import Reporter
-from jadecli.run import CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir, check_new_run_target
+from jadecli.run import (
+    BEST,
+    CHECKPOINT_DIR,
+    LABELED,
+    LAST,
+    SCHEMA_VERSION,
+    RunDir,
+    check_new_run_target,
+)
 from jadecli.run import now as _now
-from jadecli.trainer import Diverged, Trainer, evaluate_test, metric_columns
+from jadecli.trainer import Diverged, Trainer, accuracy, evaluate_test, metric_columns
 
 ERROR_LOG = "error.log"
 
@@ -150,7 +159,8 @@ def _already_complete(restored: _Restored) -> TrainResult:
     if manifest.get("status") != "completed":
         if manifest.get("epochs_completed") != cfg.epochs:  # its last manifest write failed
             rows = [r for r in run.read_metrics() if int(r["epoch"]) <= cfg.epochs]
-            manifest.update(epochs_completed=cfg.epochs, final_metrics=_final_from_rows(rows))
+            final = _final_from_rows(rows, cfg.select)
+            manifest.update(epochs_completed=cfg.epochs, final_metrics=final)
         _mark(manifest, "completed", None)
         run.write_manifest(manifest)
     final = manifest.get("final_metrics") or {}
@@ -247,7 +257,13 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
     run = RunDir.create(options.out, options.overwrite)
     try:
         run.write_manifest(manifest)
-        run.write_labeled_indices(data.labeled_index, data.labeled.labels, data.primary.classes)
+        val = (
+            None
+            if data.val is None or data.val_index is None
+            else (data.val_index, data.val.labels)
+        )
+        labeled = data.labeled_index, data.labeled.labels
+        run.write_labeled_indices(*labeled, data.primary.classes, val)
     except BaseException:
         run.discard()  # nothing was trained yet: leave no half-made run behind
         raise
@@ -282,27 +298,51 @@ def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter)
 
 def _train_epochs(s: _Session, reporter: Reporter) -> float:
     """Train the remaining epochs; returns the seconds spent."""
-    cfg, trainer = s.cfg, s.trainer
+    cfg, trainer, data = s.cfg, s.trainer, s.data
     columns = metric_columns(trainer.terms)
     t_start = time.perf_counter()
     for epoch in range(s.start_epoch, cfg.epochs):
         s.epoch = epoch
         row = trainer.run_epoch(epoch, reporter)
-        if epoch == cfg.epochs - 1 or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            row.update(evaluate_test(trainer.model, s.data, trainer.device, trainer.precision))
+        if data.val is not None:  # every epoch: it is what --select best-val chooses by
+            val = data.val
+            row["val_acc_primary"] = accuracy(
+                trainer.eval_model,
+                PRIMARY,
+                val.images,
+                val.labels,
+                trainer.device,
+                trainer.precision,
+            )
+        last = epoch == cfg.epochs - 1
+        if cfg.test and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            row.update(evaluate_test(trainer.eval_model, data, trainer.device, trainer.precision))
         s.rows.append(row)
-        # metrics, then the checkpoint, then the manifest that points at it: a resume keeps
+        # metrics, then the checkpoints, then the manifest that points at them: a resume keeps
         # the metrics rows up to the checkpoint's epoch, so a failed write never desyncs them
         s.run.write_metrics(columns, s.rows)
-        s.run.save_checkpoint(trainer.state(epoch + 1))
+        state = trainer.state(epoch + 1)
+        if cfg.select == "best-val" and _selected_row(s.rows, cfg.select) is row:
+            s.run.save_checkpoint(state, s.run.best_path)
+        s.run.save_checkpoint(state)
         s.manifest["epochs_completed"] = epoch + 1
-        s.manifest["final_metrics"] = _final_from_rows(s.rows)
+        s.manifest["final_metrics"] = _final_from_rows(s.rows, cfg.select)
         s.run.write_manifest(s.manifest)
         reporter.end_epoch(epoch + 1, cfg.epochs, row)
     return time.perf_counter() - t_start
 
 
 def _complete(s: _Session, seconds: float) -> TrainResult:
+    chosen = _selected_row(s.rows, s.cfg.select)
+    if s.cfg.test and chosen is not None and _num(chosen.get("test_acc_primary")) is None:
+        # --select best-val with --eval-every != 1: the chosen epoch's test accuracy is measured
+        # now, from its checkpoint, and filled into its own row
+        trainer = s.trainer
+        model = trainer.eval_model
+        model.load_state_dict(s.run.load_checkpoint(s.run.best_path)["model"])
+        chosen.update(evaluate_test(model, s.data, trainer.device, trainer.precision))
+        s.run.write_metrics(metric_columns(trainer.terms), s.rows)
+        s.manifest["final_metrics"] = _final_from_rows(s.rows, s.cfg.select)
     s.manifest["train_seconds"] = round(float(s.manifest.get("train_seconds") or 0) + seconds, 2)
     _finish(s.run, s.manifest, "completed", None)
     final = s.manifest["final_metrics"]
@@ -328,17 +368,33 @@ def _result(
     )
 
 
-def _final_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    last = rows[-1] if rows else {}
+def _num(v: Any) -> float | None:
+    return None if v in (None, "") else float(v)
 
-    def num(v: Any) -> float | None:
-        return None if v in (None, "") else float(v)
 
+def _selected_row(rows: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
+    """The epoch a run ends with: the last, or (--select best-val) the one with the best
+    validation accuracy, the later on a tie (same score, more training)."""
+    if select != "best-val":
+        return rows[-1] if rows else None
+    scored = [r for r in rows if _num(r.get("val_acc_primary")) is not None]
+    if not scored:
+        return rows[-1] if rows else None
+    return max(reversed(scored), key=lambda r: _num(r.get("val_acc_primary")) or 0.0)
+
+
+def _final_from_rows(rows: list[dict[str, Any]], select: str = "last") -> dict[str, Any]:
+    """The manifest's final_metrics: those of the selected epoch (its test accuracy is None when
+    it was not evaluated)."""
+    row = _selected_row(rows, select) or {}
     return {
-        "primary_test_accuracy": num(last.get("test_acc_primary")),
-        "auxiliary_test_accuracy": num(last.get("test_acc_aux")),
-        "primary_train_accuracy": num(last.get("train_acc_primary")),
-        "loss": num(last.get("loss")),
+        "primary_test_accuracy": _num(row.get("test_acc_primary")),
+        "auxiliary_test_accuracy": _num(row.get("test_acc_aux")),
+        "primary_train_accuracy": _num(row.get("train_acc_primary")),
+        "primary_val_accuracy": _num(row.get("val_acc_primary")),
+        "loss": _num(row.get("loss")),
+        "selection": select,
+        "selected_epoch": int(row["epoch"]) if row else None,
     }
 
 
@@ -494,6 +550,12 @@ def _datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
         "selection": cfg.labeled_selection if cfg.n_labeled != "all" else "all",
         "file": LABELED,
     }
+    if data.val is not None:  # held out of --n-labeled: scored every epoch, never trained on
+        primary["validation"] = {
+            "size": len(data.val),
+            "per_class": data.val.class_counts(data.primary.num_classes),
+            "select": cfg.select,
+        }
     out = {"primary": primary}
     if data.auxiliary is not None and data.aux_train is not None:
         aux = dict(data.described["auxiliary"])
@@ -501,6 +563,15 @@ def _datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
         aux["used_per_class"] = data.aux_train.class_counts(data.auxiliary.num_classes)
         out["auxiliary"] = aux
     return out
+
+
+def _checkpoints(cfg: TrainConfig) -> dict[str, str]:
+    """The manifest's checkpoints: last (what --resume continues) and the selected one."""
+    last = f"{CHECKPOINT_DIR}/{LAST}"
+    if cfg.select == "best-val":
+        best = f"{CHECKPOINT_DIR}/{BEST}"
+        return {"last": last, "best": best, "selected": best}
+    return {"last": last, "selected": last}
 
 
 def _new_manifest(
@@ -530,7 +601,7 @@ def _new_manifest(
         },
         "epochs_completed": 0,
         "final_metrics": None,
-        "checkpoints": {"last": f"{CHECKPOINT_DIR}/{LAST}"},
+        "checkpoints": _checkpoints(cfg),
         "metrics_file": "metrics.csv",
         "error": None,
         "events": [{"time": started, "event": "started", "command": _command(options)}],

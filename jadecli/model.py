@@ -592,6 +592,8 @@ class JADEOutput(StepOutput):
     q_primary: Posterior
     recon_aux: torch.Tensor  # (B, C_a, H_a, W_a) logits
     recon_primary: torch.Tensor  # (B, C_p, H_p, W_p) logits
+    mean_logits_aux: torch.Tensor | None = None  # (B, K) from mu_c (--ce-on-mean only)
+    mean_logits_primary: torch.Tensor | None = None
 
 
 class JADE(RoleModel):
@@ -611,6 +613,12 @@ class JADE(RoleModel):
         self.primary_decoder = Decoder(self.primary_encoder.cnn, s + c)
         self.aux_decoder = Decoder(self.aux_encoder.cnn, s + c)
         self.classifier = Classifier(c, spec.hidden_dim, spec.num_classes, spec.dropout)
+        # training-only options of the objective (not part of the weights): set_objective
+        self.match_target, self.ce_on_mean = "posterior", False
+
+    def set_objective(self, match_target: str, ce_on_mean: bool) -> None:
+        """`--match-target` and `--ce-on-mean` of the run being trained."""
+        self.match_target, self.ce_on_mean = match_target, ce_on_mean
 
     def encoder(self, role: str) -> VAEEncoder:
         return self.primary_encoder if role == PRIMARY else self.aux_encoder
@@ -622,6 +630,9 @@ class JADE(RoleModel):
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
         zp_s, zp_c = reparameterize(qp.mu_s, qp.logvar_s), reparameterize(qp.mu_c, qp.logvar_c)
+        mean_logits: tuple[torch.Tensor | None, ...] = (None, None)
+        if self.ce_on_mean:  # the classifier also sees the codes it predicts from
+            mean_logits = self.classifier(torch.cat([qa.mu_c, qp.mu_c])).chunk(2)
         return JADEOutput(
             q_aux=qa,
             q_primary=qp,
@@ -629,6 +640,8 @@ class JADE(RoleModel):
             recon_primary=self.primary_decoder(torch.cat([zp_s, zp_c], 1)),
             logits_aux=self.classifier(za_c),  # only content reaches the classifier
             logits_primary=self.classifier(zp_c),
+            mean_logits_aux=mean_logits[0],
+            mean_logits_primary=mean_logits[1],
         )
 
     def forward_train(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
@@ -643,7 +656,7 @@ class JADE(RoleModel):
         y: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         assert isinstance(out, JADEOutput) and x_aux is not None
-        return jade_terms(out, x_aux, x_primary, y)
+        return jade_terms(out, x_aux, x_primary, y, self.match_target)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -1,23 +1,37 @@
 """The loss terms of the three models; JADE's is equation 2 of the paper.
 
 For a same-class pair (x_A auxiliary, x_P primary, label y), with every term averaged over the
-batch and each reconstruction summed over pixels (`--loss-scale per-pixel`, the default, then
-divides each dataset's ELBO terms, the first four lines, by its number of pixel values, so that
-the classification weights mean the same whatever the image size):
+batch, each reconstruction summed over pixel values and each KL summed over latent dimensions:
 
-    L = w_rec   * [BCE(x_A, dec_A(z_A)) + BCE(x_P, dec_P(z_P))]
-      + w_kl    * [KL(q(z_s^A|x_A) || N(0,I)) + KL(q(z_c^A|x_A) || N(0,I))
-                   + KL(q(z_s^P|x_P) || N(0,I))]
-      + w_match *  KL(q(z_c^P|x_P) || q(z_c^A|x_A))
+    L = w_rec   * [BCE(x_A, dec_A(z_A)) / D_A + BCE(x_P, dec_P(z_P)) / D_P]
+      + w_kl    * [KL(q(z_s^A|x_A) || N(0,I)) / d_s + KL(q(z_c^A|x_A) || N(0,I)) / d_c
+                   + KL(q(z_s^P|x_P) || N(0,I)) / d_s]
+      + w_match *  KL(q(z_c^P|x_P) || q(z_c^A|x_A)) / d_c
+      + w_sep   *  SEP(z_c^A, z_c^P, y)                     (0 unless --separation-weight)
       + w_A * CE(y, f(z_c^A)) + w_P * CE(y, f(z_c^P))
 
+with D the number of pixel values of each dataset's images (784 for 28x28 grey, 3072 for 32x32
+colour) and d_s, d_c the style and content latent sizes: under `--loss-scale mean` (the default)
+every term is a mean over its own elements, so a weight means the same whatever the image and
+latent sizes. `--loss-scale sum` (the paper's) sets D = d_s = d_c = 1: nats summed over pixels
+and latent dimensions.
+
 The primary's content prior is replaced by the paired auxiliary content posterior: this is what
-ties ("entangles") the two disentanglements together. The KL of two diagonal Gaussians uses the
-correct closed form (the authors' code had `(logvar_A - mu_P)^2` in place of `(mu_A - mu_P)^2`).
+ties ("entangles") the two disentanglements together. `--match-target detached` stops the
+matching gradient at the auxiliary posterior (the auxiliary is then a fixed target that the
+primary moves to, and is not widened to cover the primary's codes). `--ce-on-mean` adds the
+classifier's cross-entropy on the posterior means to that on the samples (each term is then the
+average of the two). SEP is the class-separation term of CCSA/d-SNE-style methods: over every
+different-class (auxiliary i, primary j) pair of the batch, relu(m - |mu^A_i - mu^P_j|)^2 / d_c
+with margin m = sqrt(2 d_c), the typical distance of two draws of the N(0, I) prior.
+
+The KL of two diagonal Gaussians uses the correct closed form (the authors' code had
+`(logvar_A - mu_P)^2` in place of `(mu_A - mu_P)^2`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,18 +44,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class LossWeights:
-    """The weight of each term of the objective (`--recon-weight`, ...), and the per-dataset
-    scale of the ELBO terms (`--loss-scale`)."""
+    """The weight of each term of the objective (`--recon-weight`, ...), and the scale that makes
+    each term a mean over its elements (`--loss-scale mean`; all 1 for `sum`)."""
 
     recon: float = 1.0
     kl: float = 1.0
     match: float = 1.0
+    separation: float = 0.0
     aux_ce: float = 1.0
     primary_ce: float = 1.0
-    # --loss-scale per-pixel: each dataset's ELBO terms are divided by its number of pixel
-    # values (1/784 for MNIST, 1/3072 for 32x32 RGB); sum (the paper): 1
+    # --loss-scale mean: 1 / pixel values of each dataset's images (1/784 for MNIST, 1/3072 for
+    # 32x32 RGB) for the reconstructions, 1 / latent size for the KLs; sum (the paper): 1
     aux_scale: float = 1.0
     primary_scale: float = 1.0
+    style_scale: float = 1.0
+    content_scale: float = 1.0
 
 
 # The order of the terms in metrics.csv and in divergence messages.
@@ -55,6 +72,7 @@ TERMS = {
         "kl_content_aux",
         "kl_style_primary",
         "kl_match",
+        "separation",
         "ce_aux",
         "ce_primary",
     ),
@@ -99,34 +117,59 @@ def classifier_terms(
     return terms
 
 
+def separation(mu_aux: torch.Tensor, mu_primary: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over different-class (auxiliary i, primary j) pairs of relu(m - |mu_a_i - mu_p_j|)^2
+    / d, with m = sqrt(2 d) (d: the content size): pushes content codes of different classes at
+    least as far apart as two draws of the prior. 0 when the batch has one class only."""
+    d = mu_aux.shape[1]
+    dist = torch.cdist(mu_aux, mu_primary)  # (B, B) euclidean
+    differ = (y[:, None] != y[None, :]).to(dist.dtype)  # (B, B)
+    hinge = torch.relu(math.sqrt(2 * d) - dist).pow(2) / d
+    return (hinge * differ).sum() / differ.sum().clamp_min(1.0)
+
+
 def jade_terms(
-    out: JADEOutput, x_aux: torch.Tensor, x_primary: torch.Tensor, y: torch.Tensor
+    out: JADEOutput,
+    x_aux: torch.Tensor,
+    x_primary: torch.Tensor,
+    y: torch.Tensor,
+    match_target: str = "posterior",
 ) -> dict[str, torch.Tensor]:
     """Unweighted batch means of every JADE loss term (keys as in TERMS["jade"]), in fp32
-    whatever precision the forward pass ran in."""
+    whatever precision the forward pass ran in. `match_target` "detached" stops the matching
+    gradient at the auxiliary posterior."""
     qa, qp = out.q_aux.float(), out.q_primary.float()
-    return {
+    mu_a, logvar_a = qa.mu_c, qa.logvar_c
+    if match_target == "detached":
+        mu_a, logvar_a = mu_a.detach(), logvar_a.detach()
+    terms = {
         "recon_aux": reconstruction_bce(out.recon_aux.float(), x_aux).mean(),
         "recon_primary": reconstruction_bce(out.recon_primary.float(), x_primary).mean(),
         "kl_style_aux": kl_standard_normal(qa.mu_s, qa.logvar_s).mean(),
         "kl_content_aux": kl_standard_normal(qa.mu_c, qa.logvar_c).mean(),
         "kl_style_primary": kl_standard_normal(qp.mu_s, qp.logvar_s).mean(),
-        "kl_match": kl_normal(qp.mu_c, qp.logvar_c, qa.mu_c, qa.logvar_c).mean(),
+        "kl_match": kl_normal(qp.mu_c, qp.logvar_c, mu_a, logvar_a).mean(),
+        "separation": separation(qa.mu_c, qp.mu_c, y),
         "ce_aux": F.cross_entropy(out.logits_aux.float(), y),
         "ce_primary": F.cross_entropy(out.logits_primary.float(), y),
     }
+    if out.mean_logits_aux is not None and out.mean_logits_primary is not None:  # --ce-on-mean
+        terms["ce_aux"] = 0.5 * (terms["ce_aux"] + F.cross_entropy(out.mean_logits_aux.float(), y))
+        ce_mean_p = F.cross_entropy(out.mean_logits_primary.float(), y)
+        terms["ce_primary"] = 0.5 * (terms["ce_primary"] + ce_mean_p)
+    return terms
 
 
 def weighted_total(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     """Equation 2 with the configured weights; works for all three models' term sets."""
-    a, p = w.aux_scale, w.primary_scale
     weight = {
-        "recon_aux": w.recon * a,
-        "recon_primary": w.recon * p,
-        "kl_style_aux": w.kl * a,
-        "kl_content_aux": w.kl * a,
-        "kl_style_primary": w.kl * p,
-        "kl_match": w.match * p,
+        "recon_aux": w.recon * w.aux_scale,
+        "recon_primary": w.recon * w.primary_scale,
+        "kl_style_aux": w.kl * w.style_scale,
+        "kl_content_aux": w.kl * w.content_scale,
+        "kl_style_primary": w.kl * w.style_scale,
+        "kl_match": w.match * w.content_scale,
+        "separation": w.separation,
         "ce_aux": w.aux_ce,
         "ce_primary": w.primary_ce,
     }

@@ -30,6 +30,7 @@ def format_epoch(epoch: int, epochs: int, row: dict[str, Any], unit: str = "pair
 
     for label, p_key, a_key in (
         ("train", "train_acc_primary", "train_acc_aux"),
+        ("val", "val_acc_primary", ""),
         ("test", "test_acc_primary", "test_acc_aux"),
     ):
         p, a = pct(p_key), pct(a_key)
@@ -66,11 +67,19 @@ class PlainReporter(NullReporter):
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
         self.unit = "pairs"
+        self.gone = False  # the reader of the stream went away (a closed pipe)
 
     def _write(self, text: str) -> None:
+        if self.gone:
+            return
         stream = self.stream or sys.stderr
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except BrokenPipeError:
+            # `jade train ... | head` or a killed `tee`: the progress lines have no reader any
+            # more, but the run folder records everything, so training goes on silently
+            self.gone = True
 
     def info(self, message: str) -> None:
         self._write(message)

@@ -4,8 +4,10 @@
       manifest.yaml          schema version, command, resolved config, versions, datasets,
                              status (running | completed | failed | interrupted), final metrics
       metrics.csv            one row per epoch
-      labeled_indices.csv    the labeled primary subset (index into the training split, class)
+      labeled_indices.csv    the labeled primary subset (index into the training split, class,
+                             part: train, or val when --val held it out)
       checkpoints/last.pt    model, optimiser, epoch, config, RNG states (weights_only loadable)
+      checkpoints/best.pt    --select best-val: the same, of the best validation epoch
 
 Every file is written to a temporary file in the same folder and `os.replace`d into place, so a
 crash, a full disk or a kill leaves the previous version intact; a write that fails raises
@@ -34,13 +36,14 @@ from jadecli.errors import RunDirError, StorageError
 
 # The run folder's formats. A folder or checkpoint of another version gets one line naming the
 # version that wrote it; there are no compatibility layers for unreleased versions.
-SCHEMA_VERSION = 3  # manifest.yaml
-CHECKPOINT_FORMAT = 3  # checkpoints/*.pt
+SCHEMA_VERSION = 4  # manifest.yaml
+CHECKPOINT_FORMAT = 4  # checkpoints/*.pt
 MANIFEST = "manifest.yaml"
 METRICS = "metrics.csv"
 LABELED = "labeled_indices.csv"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+BEST = "best.pt"  # --select best-val: the weights of the epoch with the best validation accuracy
 
 
 @functools.cache
@@ -138,6 +141,18 @@ class RunDir:
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT_DIR / LAST
 
+    @property
+    def best_path(self) -> Path:
+        return self.path / CHECKPOINT_DIR / BEST
+
+    def selected_checkpoint(self, manifest: dict[str, Any]) -> Path:
+        """The checkpoint the run ended with: best.pt under --select best-val, else last.pt."""
+        checkpoints = manifest.get("checkpoints")
+        selected = checkpoints.get("selected") if isinstance(checkpoints, dict) else None
+        if isinstance(selected, str) and (self.path / selected).is_file():
+            return self.path / selected
+        return self.checkpoint_path
+
     @classmethod
     def create(cls, out: Path, overwrite: bool) -> RunDir:
         check_new_run_target(out, overwrite)
@@ -209,10 +224,19 @@ class RunDir:
             return list(csv.DictReader(fh))
 
     def write_labeled_indices(
-        self, indices: torch.Tensor, labels: torch.Tensor, classes: list[str]
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[str],
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        lines = ["index,class"] + [
-            f"{int(i)},{classes[int(y)]}" for i, y in zip(indices, labels, strict=True)
+        """The labeled primary images: `part` is train (trained on) or val (held out by --val;
+        `val` is their (indices, labels))."""
+        parts = [(indices, labels, "train")] + ([(*val, "val")] if val is not None else [])
+        lines = ["index,class,part"] + [
+            f"{int(i)},{classes[int(y)]},{part}"
+            for index, ys, part in parts
+            for i, y in zip(index, ys, strict=True)
         ]
         atomic_write_text(self.path / LABELED, "\n".join(lines) + "\n")
 
@@ -223,13 +247,14 @@ class RunDir:
         return path
 
     # --- checkpoints ---
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """`state` (plain tensors and data) as checkpoints/last.pt, stamped with its format."""
+    def save_checkpoint(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """`state` (plain tensors and data) as checkpoints/last.pt (or `path`), stamped with its
+        format."""
         # Serialised in memory, then written by Python: torch's own file writer reports a full
         # disk as an opaque RuntimeError, Python's write as the OSError it is.
         buf = io.BytesIO()
         torch.save({"format": CHECKPOINT_FORMAT, "jadecli_version": __version__, **state}, buf)
-        atomic_write(self.checkpoint_path, buf.getbuffer())
+        atomic_write(path or self.checkpoint_path, buf.getbuffer())
 
     def load_checkpoint(self, path: Path | None = None) -> dict[str, Any]:
         path = path or self.checkpoint_path

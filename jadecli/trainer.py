@@ -17,6 +17,7 @@ torch.device('cpu')); print(t.run_epoch(0, PlainReporter()))"
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -37,7 +38,15 @@ from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.data.sampling import IndexStream, PairSampler, derive_seed
 from jadecli.errors import UsageError
-from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, ResNetTrunk, RoleModel, build_model
+from jadecli.model import (
+    AUXILIARY,
+    JADE,
+    PRIMARY,
+    ModelSpec,
+    ResNetTrunk,
+    RoleModel,
+    build_model,
+)
 from jadecli.objective import LossWeights, weighted_total
 from jadecli.progress import Reporter
 
@@ -73,20 +82,24 @@ def model_spec(cfg: TrainConfig, data: TrainData) -> ModelSpec:
 
 
 def loss_weights(cfg: TrainConfig, spec: ModelSpec) -> LossWeights:
-    """The configured weights; `--loss-scale per-pixel` divides each dataset's ELBO terms by its
-    number of pixel values."""
-    aux_scale = primary_scale = 1.0
-    if cfg.loss_scale == "per-pixel" and spec.auxiliary_shape is not None:
-        aux_scale = 1.0 / math.prod(spec.auxiliary_shape)
-        primary_scale = 1.0 / math.prod(spec.primary_shape)
+    """The configured weights; `--loss-scale mean` makes each term a mean over its elements:
+    reconstructions per pixel value, KLs per latent dimension."""
+    scales = {}
+    if cfg.loss_scale == "mean" and spec.auxiliary_shape is not None:
+        scales = {
+            "aux_scale": 1.0 / math.prod(spec.auxiliary_shape),
+            "primary_scale": 1.0 / math.prod(spec.primary_shape),
+            "style_scale": 1.0 / spec.style_dim,
+            "content_scale": 1.0 / spec.content_dim,
+        }
     return LossWeights(
         recon=cfg.recon_weight,
         kl=cfg.kl_weight,
         match=cfg.match_weight,
+        separation=cfg.separation_weight,
         aux_ce=cfg.aux_ce_weight,
         primary_ce=cfg.primary_ce_weight,
-        aux_scale=aux_scale,
-        primary_scale=primary_scale,
+        **scales,
     )
 
 
@@ -142,6 +155,7 @@ def metric_columns(terms: tuple[str, ...]) -> list[str]:
         *terms,
         "train_acc_primary",
         "train_acc_aux",
+        "val_acc_primary",
         "test_acc_primary",
         "test_acc_aux",
         "seconds",
@@ -214,9 +228,15 @@ class Trainer:
         self.spec = model_spec(cfg, data)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(self.spec)
+        if isinstance(self.model, JADE):
+            self.model.set_objective(cfg.match_target, cfg.ce_on_mean)
         if not resumed and cfg.init_weights is not None:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
+        # --ema: a moving average of the weights, what is evaluated and saved as "model"
+        self.ema_model: RoleModel | None = None
+        if cfg.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = make_optimizer(
             list(self.model.parameters()), device, cfg.lr, cfg.adam_beta1
         )
@@ -252,17 +272,43 @@ class Trainer:
         # host sync per step; a divergence is still pinned to its exact step.
         self.check_every = 1 if device.type == "cpu" else 25
 
+    @property
+    def eval_model(self) -> RoleModel:
+        """The weights that are evaluated and saved as the run's model: the --ema average, or
+        the trained weights."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def _update_ema(self, step: int) -> None:
+        """ema <- d * ema + (1 - d) * weights, d = min(--ema, (1 + t) / (10 + t)); buffers
+        (BatchNorm statistics) are copied."""
+        if self.ema_model is None:
+            return
+        decay = min(self.cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            ema_p = list(self.ema_model.parameters())
+            torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - decay)
+            for e, b in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+                e.copy_(b)
+
     # --- checkpoints -------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        """Everything a resumed run needs, as plain tensors and data (weights_only loadable)."""
+        """Everything a resumed run needs, as plain tensors and data (weights_only loadable).
+        "model" is what is evaluated (the --ema average when on; "train_model" then holds the
+        trained weights a resume continues from)."""
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+
+        def weights(model: RoleModel) -> dict[str, torch.Tensor]:
+            return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+        extra = {} if self.ema_model is None else {"train_model": weights(self.model)}
         return {
             "epoch": epoch,
             "global_step": epoch * self.steps_per_epoch,
             "schedule_steps": self.schedule_steps,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": weights(self.eval_model),
+            **extra,
             "optimizer": self.optimizer.state_dict(),
             "config": self.cfg.to_dict(),
             "model_spec": self.spec.to_dict(),
@@ -272,7 +318,9 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> int:
         """Restore a checkpoint's weights, optimiser, RNG and schedule; returns its epoch."""
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("train_model", state["model"]))
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.schedule_steps = int(state["schedule_steps"])
@@ -360,6 +408,7 @@ class Trainer:
                 self._check_finite(pending, global_step - len(pending) + 1)
                 pending = []
             self.optimizer.step()
+            self._update_ema(global_step)
             b = hi - lo
             seen += b
             sums += record[: n_terms + 1].double() * b

@@ -78,7 +78,9 @@ def test_saved_configs_round_trip_and_unknown_keys_are_refused():
         ("--augment", "some", "--augment must be one of none, primary, all"),
         ("--aug-shift", "0.9", "--aug-shift must be between 0 and 0.5"),
         ("--aug-rotate", "-5", "--aug-rotate must be between 0 and 180"),
-        ("--loss-scale", "mean", "--loss-scale must be one of per-pixel, sum"),
+        ("--loss-scale", "per-pixel", "--loss-scale must be one of mean, sum"),
+        ("--val", "0.5%x", "--val must be a number of images (20) or a fraction"),
+        ("--select", "best", "--select must be one of last, best-val"),
         ("--style-mix", "1.5", "--style-mix must be between 0 and 1"),
         ("--primary-pad", "-1", "--primary-pad must be between 0 and 64"),
     ],
@@ -223,6 +225,8 @@ def test_reproduce_table1_runs_end_to_end_on_svhn_format_files(tmp_path):
             assert manifest["status"] == "completed"
             assert manifest["config"]["labeled_selection"] == "first"  # from svhn_mnist.yaml
             assert manifest["config"]["primary"] == "svhn"
+            # all three models see SVHN at one resolution, its own (MNIST is padded to 32)
+            assert manifest["datasets"]["primary"]["image_shape"] == [3, 32, 32], model
             acc = 100 * manifest["final_metrics"]["primary_test_accuracy"]
             assert f"s{seed}: {acc:.2f}" in table
     assert "jade - paired" in table and "jade train" in table

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -162,3 +164,19 @@ def test_paper_architecture_sizes():
     model.eval()
     x = torch.rand(3, 3, 32, 32)
     assert torch.equal(model.classify("primary", x), model.classify("primary", x))
+
+
+def test_a_closed_progress_pipe_does_not_stop_training():
+    """`jade train ... | head -3`: once the reader is gone, progress lines are dropped instead
+    of crashing the run (the run folder still records every epoch)."""
+    from jadecli.progress import PlainReporter
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    reporter = PlainReporter(ClosedPipe())
+    reporter.info("loading")
+    row = {"loss": 1.0, "examples_per_s": 10.0, "seconds": 1.0}
+    reporter.end_epoch(1, 2, row)
+    assert reporter.gone

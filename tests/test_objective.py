@@ -35,7 +35,7 @@ from jadecli.progress import NullReporter
 from jadecli.trainer import Trainer, loss_weights
 
 AUX_SHAPE, PRIMARY_SHAPE = (1, 4, 4), (3, 4, 4)  # different pixel counts: 16 vs 48
-B, S, C, K = 3, 2, 2, 4  # batch, style dim, content dim, classes
+B, S, C, K = 3, 2, 3, 4  # batch, style dim, content dim, classes (S != C: their scales)
 
 
 def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
@@ -53,7 +53,7 @@ def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
 
 
 # distinct weights, so that a term given another term's weight is caught
-WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, aux_ce=0.37, primary_ce=5.0)
+WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, separation=0.11, aux_ce=0.37, primary_ce=5.0)
 WEIGHT_FIELDS = {f"{name}_weight": value for name, value in WEIGHTS.items()}  # TrainConfig's
 
 
@@ -113,6 +113,19 @@ def kl_gauss(q: tuple[torch.Tensor, torch.Tensor], p: tuple[torch.Tensor, torch.
     return float(np.mean(np.sum(per, axis=1)))
 
 
+def separation(mu_a: torch.Tensor, mu_p: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean over different-class (aux i, primary j) pairs of relu(sqrt(2 C) - |mu_a_i - mu_p_j|)^2
+    / C, by explicit loops."""
+    a, p, labels = f64(mu_a), f64(mu_p), y.tolist()
+    values = [
+        max(math.sqrt(2 * C) - float(np.linalg.norm(a[i] - p[j])), 0.0) ** 2 / C
+        for i in range(len(labels))
+        for j in range(len(labels))
+        if labels[i] != labels[j]
+    ]
+    return float(np.mean(values))
+
+
 def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
     z = f64(logits)
     log_softmax = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
@@ -129,21 +142,28 @@ def reference_terms(b: dict) -> dict[str, float]:
         "kl_style_primary": kl_prior(qp.mu_s, qp.logvar_s),
         # the primary's content prior is the paired auxiliary content posterior
         "kl_match": kl_gauss((qp.mu_c, qp.logvar_c), (qa.mu_c, qa.logvar_c)),
+        "separation": separation(qa.mu_c, qp.mu_c, b["y"]),
         "ce_aux": ce(b["logits_aux"], b["y"]),
         "ce_primary": ce(b["logits_primary"], b["y"]),
     }
 
 
-def expected_weights(kind: str, aux_scale: float, primary_scale: float) -> dict[str, float]:
-    """Equation 2: each dataset's ELBO terms times its scale, the matching KL on the primary's."""
+def expected_weights(
+    kind: str, mean: bool, aux_pixels: int, primary_pixels: int
+) -> dict[str, float]:
+    """Equation 2: with --loss-scale mean each reconstruction per pixel value of its own images
+    and each KL per dimension of its own latent; with sum, nats as they are."""
     w = WEIGHTS
+    a, p = (1 / aux_pixels, 1 / primary_pixels) if mean else (1.0, 1.0)
+    s, c = (1 / S, 1 / C) if mean else (1.0, 1.0)
     every = {
-        "recon_aux": w["recon"] * aux_scale,
-        "recon_primary": w["recon"] * primary_scale,
-        "kl_style_aux": w["kl"] * aux_scale,
-        "kl_content_aux": w["kl"] * aux_scale,
-        "kl_style_primary": w["kl"] * primary_scale,
-        "kl_match": w["match"] * primary_scale,
+        "recon_aux": w["recon"] * a,
+        "recon_primary": w["recon"] * p,
+        "kl_style_aux": w["kl"] * s,
+        "kl_content_aux": w["kl"] * c,
+        "kl_style_primary": w["kl"] * s,
+        "kl_match": w["match"] * c,
+        "separation": w["separation"],
         "ce_aux": w["aux_ce"],
         "ce_primary": w["primary_ce"],
     }
@@ -171,7 +191,7 @@ def step_output(kind: str, b: dict) -> StepOutput:
 # --------------------------------------------------------------------------- the objective
 
 
-@pytest.mark.parametrize("loss_scale", ["per-pixel", "sum"])
+@pytest.mark.parametrize("loss_scale", ["mean", "sum"])
 @pytest.mark.parametrize("kind", ["single", "paired", "jade"])
 def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
     b = hand_built_batch()
@@ -188,13 +208,11 @@ def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
         primary="p", auxiliary="a", n_labeled=4, model=kind, loss_scale=loss_scale, **WEIGHT_FIELDS
     )
     weights = loss_weights(cfg, model.spec)
-    per_pixel = loss_scale == "per-pixel" and kind != "single"
-    scales = (1 / 16, 1 / 48) if per_pixel else (1.0, 1.0)  # (aux, primary): 1x4x4, 3x4x4
-    assert (weights.aux_scale, weights.primary_scale) == pytest.approx(scales)
+    mean = loss_scale == "mean" and kind != "single"
     total = weighted_total(terms, weights)
     # the total is linear in the terms: its derivative by each term is that term's weight
     grads = torch.autograd.grad(total, list(terms.values()), retain_graph=True)
-    want = expected_weights(kind, *scales)
+    want = expected_weights(kind, mean, 16, 48)  # (aux, primary) pixels: 1x4x4, 3x4x4
     got = {name: float(g) for name, g in zip(terms, grads, strict=True)}
     assert got == pytest.approx(want, rel=1e-6)
     assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
@@ -215,6 +233,50 @@ def test_the_matching_kl_is_primary_given_auxiliary_and_trains_both_encoders():
     pull = (f64(qp.mu_c) - f64(qa.mu_c)) / np.exp(f64(qa.logvar_c)) / B
     np.testing.assert_allclose(f64(g_p), pull, rtol=1e-5)
     np.testing.assert_allclose(f64(g_a), -pull, rtol=1e-5)
+
+
+def test_a_detached_match_target_moves_only_the_primary_posterior():
+    """--match-target detached: the same KL value, the primary's gradient unchanged, and none
+    into the auxiliary posterior (it is a fixed target, not widened towards the primary)."""
+    b = hand_built_batch()
+    qa, qp = b["q_aux"], b["q_primary"]
+    model = build_model(spec("jade"))
+    model.set_objective("detached", False)
+    terms = model.loss_terms(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
+    forward = kl_gauss((qp.mu_c, qp.logvar_c), (qa.mu_c, qa.logvar_c))
+    assert float(terms["kl_match"].detach()) == pytest.approx(forward, rel=1e-5)
+    g_p, g_a, g_alv = torch.autograd.grad(
+        terms["kl_match"], [qp.mu_c, qa.mu_c, qa.logvar_c], allow_unused=True
+    )
+    pull = (f64(qp.mu_c) - f64(qa.mu_c)) / np.exp(f64(qa.logvar_c)) / B
+    np.testing.assert_allclose(f64(g_p), pull, rtol=1e-5)
+    assert g_a is None and g_alv is None
+
+
+def test_ce_on_mean_averages_the_cross_entropies_of_samples_and_means():
+    b = hand_built_batch()
+    rng = np.random.default_rng(5)
+    out = step_output("jade", b)
+    assert isinstance(out, JADEOutput)
+    out.mean_logits_aux, out.mean_logits_primary = leaf(rng, B, K), leaf(rng, B, K)
+    terms = build_model(spec("jade")).loss_terms(out, b["x_aux"], b["x_primary"], b["y"])
+    for role in ("aux", "primary"):
+        want = 0.5 * (
+            ce(b[f"logits_{role}"], b["y"]) + ce(getattr(out, f"mean_logits_{role}"), b["y"])
+        )
+        assert float(terms[f"ce_{role}"].detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_ce_on_mean_makes_the_model_classify_the_posterior_means_in_training():
+    shape = (1, 8, 8)
+    model = build_model(spec("jade", primary=shape, auxiliary=shape))
+    x = torch.rand(4, *shape)
+    assert model.forward_train(x, x).mean_logits_primary is None  # off by default
+    model.set_objective("posterior", True)
+    model.eval()  # no dropout: the mean logits are the classifier's prediction
+    out = model.forward_train(x, x)
+    torch.testing.assert_close(out.mean_logits_primary, model.classify(PRIMARY, x))
+    torch.testing.assert_close(out.mean_logits_aux, model.classify(AUXILIARY, x))
 
 
 @pytest.mark.parametrize("arch", ["paper", "shared"])
@@ -282,6 +344,8 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         data_dir=str(tmp_path),
         device="cpu",
         batch_size=B,
+        style_dim=S,
+        content_dim=C,
         **WEIGHT_FIELDS,
     )
     trainer = Trainer(cfg, training_data(cfg, NullReporter()), torch.device("cpu"))
@@ -308,7 +372,7 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
     reference = reference_terms(b)
     for name, value in terms.items():  # each reconstruction scored against its own images
         assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
-    want = expected_weights("jade", 1 / 784, 1 / 3072)
+    want = expected_weights("jade", True, 784, 3072)
     assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
     assert isinstance(trainer.weights, LossWeights)
     assert math.isclose(trainer.weights.primary_scale, 1 / 3072)

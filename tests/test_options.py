@@ -53,6 +53,8 @@ SAMPLE = {
     "auxiliary": "usps",
     "n_labeled": 40,
     "labeled_selection": "first",
+    "val": 0.25,
+    "select": "best-val",
     "aux_per_class": 7,
     "data_dir": "/data/elsewhere",
     "download": True,
@@ -78,6 +80,9 @@ SAMPLE = {
     "recon_weight": 2.0,
     "kl_weight": 0.5,
     "match_weight": 10.0,
+    "match_target": "detached",
+    "ce_on_mean": True,
+    "separation_weight": 0.5,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,
     "epochs": 3,
@@ -86,12 +91,14 @@ SAMPLE = {
     "lr": 0.002,
     "lr_schedule": "step",
     "adam_beta1": 0.5,
+    "ema": 0.5,
     "grad_clip": 5.0,
     "seed": 11,
     "device": "cpu",
     "precision": "fp32",
     "memory_budget": 6.5,
     "eval_every": 2,
+    "test": False,
 }
 
 
@@ -116,7 +123,10 @@ def test_every_flag_reaches_the_config(runner, monkeypatch, tmp_path):
     seen = _capture(monkeypatch)
     args = ["train", "--out", str(tmp_path / "run")]
     for name, value in SAMPLE.items():
-        args += [flag(name)] if value is True else [flag(name), str(value)]
+        if isinstance(value, bool):
+            args.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            args += [flag(name), str(value)]
     result = runner.invoke(app, args)
     assert "captured" in result.output, result.output
     assert seen["cfg"].to_dict() == SAMPLE
@@ -146,6 +156,20 @@ def test_every_config_file_key_reaches_the_config(runner, monkeypatch, tmp_path)
         ("dropout", 1.0, "--dropout must be in [0, 1) (got 1.0)"),
         ("aug_rotate", 200.0, "--aug-rotate must be between 0 and 180 (got 200.0)"),
         ("device", "tpu", "--device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
+        ("val", 0, "--val must be at least 1 image, or a fraction (got 0)"),
+        ("val", 1.5, "--val must be a whole number of images or a fraction in (0, 1) (got 1.5)"),
+        (
+            "val",
+            "ten",
+            "--val must be a number of images (20) or a fraction (0.2 or 20%) (got 'ten')",
+        ),
+        ("val", 10, "--val 10 leaves nothing to train on: it must be smaller than --n-labeled 10"),
+        (
+            "select",
+            "best-val",
+            "--select best-val needs a validation split: add --val N (e.g. --val 20%)",
+        ),
+        ("loss_scale", "per-pixel", "--loss-scale must be one of mean, sum (got 'per-pixel')"),
     ],
 )
 def test_one_rule_table_validates_every_field(name, value, message):

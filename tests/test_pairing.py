@@ -179,8 +179,12 @@ MANIFEST = {
     "final_metrics.primary_test_accuracy": "float",
     "final_metrics.auxiliary_test_accuracy": "float",
     "final_metrics.primary_train_accuracy": "float",
+    "final_metrics.primary_val_accuracy": "NoneType",  # a float with --val
     "final_metrics.loss": "float",
+    "final_metrics.selection": "str",
+    "final_metrics.selected_epoch": "int",
     "checkpoints.last": "str",
+    "checkpoints.selected": "str",
     "metrics_file": "str",
     "error": "NoneType",
     "events.[].time": "str",

@@ -48,7 +48,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
     assert ("auxiliary test accuracy (synth-hand)" in output) == (model != "single")
 
     m = read_manifest(out)
-    assert m["schema_version"] == 3
+    assert m["schema_version"] == 4
     assert m["status"] == "completed"
     assert m["epochs_completed"] == 2
     assert m["config"]["model"] == model
@@ -73,12 +73,23 @@ def test_train_writes_a_complete_run(trained_runs, model):
 
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    # each row's loss is its terms weighted as equation 2 says: every default weight is 1 but
-    # the matching KL's 100, and --loss-scale per-pixel divides the ELBO terms by 3 x 28 x 28
-    pixels = 3 * 28 * 28
-    weight = {"ce_aux": 1.0, "ce_primary": 1.0, "kl_match": 100 / pixels}
+    # each row's loss is its terms weighted as equation 2 says, with the default weights and
+    # --loss-scale mean: reconstructions per pixel value (3 x 28 x 28), KLs per latent
+    # dimension (10), the separation term off
+    pixels, dims = 3 * 28 * 28, 10
+    weight = {
+        "recon_aux": 1 / pixels,
+        "recon_primary": 1 / pixels,
+        "kl_style_aux": 0.003 / dims,
+        "kl_content_aux": 0.003 / dims,
+        "kl_style_primary": 0.003 / dims,
+        "kl_match": 0.3 / dims,
+        "separation": 0.0,
+        "ce_aux": 1.0,
+        "ce_primary": 1.0,
+    }
     for row in rows:
-        total = sum(weight.get(t, 1 / pixels) * float(row[t]) for t in TERMS[model])
+        total = sum(weight[t] * float(row[t]) for t in TERMS[model])
         assert float(row["loss"]) == pytest.approx(total, rel=2e-5)  # 6 digits in the file
     assert float(rows[-1]["test_acc_primary"]) == pytest.approx(acc, abs=1e-5)
     assert (rows[-1]["test_acc_aux"] == "") == (model == "single")

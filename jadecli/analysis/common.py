@@ -33,7 +33,7 @@ from jadecli.compute import (
 )
 from jadecli.config import RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
-from jadecli.data.pair import aux_used_index, labeled_index, load_pair
+from jadecli.data.pair import aux_used_index, labeled_index, load_pair, split_labeled
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
 from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
 from jadecli.progress import Reporter
@@ -60,6 +60,7 @@ class LoadedRun:
     # per role, the training images the run used (indices; None = all): the labeled subset of
     # the primary, the --aux-per-class images of the auxiliary
     used_index: dict[str, torch.Tensor | None]
+    val_index: torch.Tensor | None = None  # the primary images --val held out (never trained)
     precision: str = "fp32"  # fp32 | bf16, resolved for this device
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -84,19 +85,25 @@ class LoadedRun:
             part = ds.train
         elif split == "train-labeled":
             part = ds.train if used is None else ds.train.subset(used)
-        else:  # train-unlabeled
+        elif split == "val":
+            if role != PRIMARY or self.val_index is None:
+                return None
+            part = ds.train.subset(self.val_index)
+        else:  # train-unlabeled: neither trained on nor held out as validation
             if used is None:
                 return None
             keep = torch.ones(len(ds.train), dtype=torch.bool)
             keep[used] = False
+            if role == PRIMARY and self.val_index is not None:
+                keep[self.val_index] = False
             part = ds.train.subset(torch.nonzero(keep).flatten())
         if limit is not None and len(part) > limit:
             part = part.subset(torch.arange(limit))
         return part if len(part) else None
 
     def checkpoint_tag(self) -> str:
-        """'' for the run's own last checkpoint, else '-<file stem>' for output names."""
-        if self.checkpoint_path.resolve() == self.run.checkpoint_path.resolve():
+        """'' for the run's own (selected) checkpoint, else '-<file stem>' for output names."""
+        if self.checkpoint_path.resolve() == self.run.selected_checkpoint(self.manifest).resolve():
             return ""
         return f"-{self.checkpoint_path.stem}"
 
@@ -148,7 +155,8 @@ def open_run(
 
     datasets = _load_datasets(cfg, manifest, source, reporter)
     _check_datasets(datasets, state, spec, manifest, ckpt_path, reporter)
-    used: dict[str, torch.Tensor | None] = {PRIMARY: _labeled_index(run, cfg, datasets, reporter)}
+    labeled, val_index = _labeled_index(run, cfg, datasets, reporter)
+    used: dict[str, torch.Tensor | None] = {PRIMARY: labeled}
     if AUXILIARY in datasets:
         used[AUXILIARY] = aux_used_index(cfg, datasets[AUXILIARY])
     return LoadedRun(
@@ -164,12 +172,14 @@ def open_run(
         device=device,
         datasets=datasets,
         used_index=used,
+        val_index=val_index,
         precision=precision,
     )
 
 
 def _checkpoint_path(source: RunSource, run: RunDir, manifest: dict[str, Any], status: str) -> Path:
-    """`--checkpoint`, else the run's last checkpoint; a clear error when there is none."""
+    """`--checkpoint`, else the checkpoint the run selected (best.pt under --select best-val,
+    else last.pt); a clear error when there is none."""
     if source.checkpoint is not None:
         if not source.checkpoint.is_file():
             raise RunDirError(f"--checkpoint {source.checkpoint}: no such file")
@@ -181,7 +191,7 @@ def _checkpoint_path(source: RunSource, run: RunDir, manifest: dict[str, Any], s
             f"RUN {source.run} has no checkpoint ({run.checkpoint_path} is missing; {why}); "
             "there is nothing to analyse"
         )
-    return run.checkpoint_path
+    return run.selected_checkpoint(manifest)
 
 
 def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, ModelSpec]:
@@ -293,8 +303,9 @@ def _fmt_shape(shape: tuple[int, int, int] | None) -> str:
 
 def _labeled_index(
     run: RunDir, cfg: TrainConfig, datasets: dict[str, Dataset], reporter: Reporter
-) -> torch.Tensor:
-    """The labeled subset as `labeled_indices.csv` recorded it (recomputed if that is missing)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The labeled subset as `labeled_indices.csv` recorded it (recomputed if that is missing):
+    (the images trained on, the --val images or None)."""
     primary = datasets[PRIMARY]
     path = run.path / LABELED
     n_train = len(primary.train)
@@ -304,6 +315,7 @@ def _labeled_index(
                 rows = list(csv.DictReader(fh))
             index = torch.tensor([int(r["index"]) for r in rows], dtype=torch.long)
             names = [r["class"] for r in rows]
+            is_val = torch.tensor([r.get("part") == "val" for r in rows], dtype=torch.bool)
         except (OSError, KeyError, ValueError, TypeError):
             reporter.warn(f"{path} is unreadable; recomputing the labeled subset from the seed")
         else:
@@ -318,9 +330,9 @@ def _labeled_index(
                     f"the classes in {path} no longer match {primary.name}'s labels; the data "
                     "changed since training"
                 )
-            return index
+            return index[~is_val], (index[is_val] if bool(is_val.any()) else None)
     try:
-        return labeled_index(cfg, primary)
+        return split_labeled(cfg, primary, labeled_index(cfg, primary))
     except UsageError as err:
         raise DataError(f"cannot rebuild the labeled subset: {err}") from None
 

@@ -23,7 +23,7 @@ from jadecli.config import TrainConfig
 from jadecli.data.core import Dataset, ImageSet
 from jadecli.data.memory import MemoryBudget
 from jadecli.data.registry import align_classes, load_dataset
-from jadecli.data.sampling import first_per_class, labeled_subset
+from jadecli.data.sampling import first_per_class, labeled_subset, validation_split
 from jadecli.errors import UsageError
 from jadecli.model import MIN_SIDE, one_trunk
 from jadecli.progress import Reporter
@@ -46,8 +46,10 @@ class TrainData(Pair):
     100 of 9,001 labeled, the rest were 99% of the primary's training memory); `described` is
     what the manifest records about the whole datasets."""
 
-    labeled_index: torch.Tensor  # indices into the whole primary training split
+    labeled_index: torch.Tensor  # indices into the whole primary training split: trained on
     labeled: ImageSet
+    val_index: torch.Tensor | None  # the --val images held out of --n-labeled (same indexing)
+    val: ImageSet | None
     aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
     described: dict[str, dict[str, Any]]  # role -> Dataset.describe() of the whole dataset
 
@@ -112,9 +114,10 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
         reporter.warn(f"--auxiliary {cfg.auxiliary} is not used by --model {cfg.model}")
     pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
     primary, auxiliary = pair.primary, pair.auxiliary
-    index = labeled_index(cfg, primary)
+    index, val_index = split_labeled(cfg, primary, labeled_index(cfg, primary))
     described = {"primary": primary.describe()}
     labeled = primary.train.subset(index)
+    val = None if val_index is None else primary.train.subset(val_index)
     primary = replace(primary, train=labeled)  # the unlabeled images are freed
     aux_train = None
     if auxiliary is not None:
@@ -129,6 +132,8 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
         style_mix=pair.style_mix,
         labeled_index=index,
         labeled=labeled,
+        val_index=val_index,
+        val=val,
         aux_train=aux_train,
         described=described,
     )
@@ -140,6 +145,19 @@ def labeled_index(cfg: TrainConfig, primary: Dataset) -> torch.Tensor:
     return labeled_subset(
         train.labels, primary.classes, cfg.n_labeled, cfg.labeled_selection, cfg.seed, primary.name
     )
+
+
+def split_labeled(
+    cfg: TrainConfig, primary: Dataset, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The labeled subset `index` as (trained on, --val held out), both indices into the whole
+    primary training split; without --val, (index, None)."""
+    if cfg.val is None:
+        return index, None
+    train_pos, val_pos = validation_split(
+        primary.train.labels[index], primary.classes, cfg.val, cfg.seed
+    )
+    return index[train_pos], index[val_pos]
 
 
 def aux_used_index(cfg: TrainConfig, auxiliary: Dataset) -> torch.Tensor | None:

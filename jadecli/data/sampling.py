@@ -89,6 +89,44 @@ def first_per_class(
     return torch.sort(torch.cat(picked)).values
 
 
+def validation_split(
+    labels: torch.Tensor, classes: list[str], val: int | float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a labeled set (its labels) into (train, val) positions, both sorted, class by class:
+    `val` images in all (an int, a multiple of the number of classes) or that fraction of each
+    class (a float, at least one image per class). Every class keeps at least one training
+    image. Drawn with (seed, "val"), independent of how the labeled set itself was drawn."""
+    num_classes = len(classes)
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    if isinstance(val, int):
+        if val % num_classes:
+            lo = val // num_classes * num_classes
+            options = " or ".join(str(v) for v in (lo, lo + num_classes) if v > 0)
+            raise UsageError(
+                f"--val {val} cannot be split evenly over the {num_classes} classes; use a "
+                f"multiple of {num_classes} (e.g. {options}) or a fraction such as 20%"
+            )
+        per_class = [val // num_classes] * num_classes
+    else:
+        per_class = [max(1, round(val * n)) for n in counts]
+    short = [(classes[c], counts[c]) for c in range(num_classes) if per_class[c] >= counts[c]]
+    if short:
+        name, have = short[0]
+        raise UsageError(
+            f"--val {val} takes {per_class[classes.index(name)]} images of class {name!r}, which "
+            f"has only {have} labeled image(s); at least one per class must stay for training "
+            "(use a smaller --val or a larger --n-labeled)"
+        )
+    gen = _generator(seed, "val")
+    train, held = [], []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        held.append(members[: per_class[c]])
+        train.append(members[per_class[c] :])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(held)).values
+
+
 class IndexStream:
     """An endless stream of shuffled passes over `n` items, cut into epochs of `epoch_size`.
 

@@ -9,6 +9,12 @@ completed run there is read instead of trained again, so an interrupted matrix c
 The table is re-rendered after every run. Extra arguments after `--` go to every `jade train`
 (e.g. `-- --preset paper`); `--pair NAME='FLAGS'` adds a pair of your own, e.g.
 `--pair svhn='--config examples/svhn_mnist.yaml'` (see examples/reproduce_table1.sh).
+
+Margins between models are per-seed differences with a 95% Student t interval (benchmarks/
+stats.py): "within noise" when the interval holds 0. With --dev, every completed run is also
+scored on dev data, the primary training images outside its labeled subset (`jade evaluate RUN
+--split train-unlabeled`), shown beside the test number; a reused run's saved dev score is read
+instead of evaluated again.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# benchmarks/stats.py, beside this script; mean_std stays importable from here (batch_norm.py)
+from stats import format_ci, format_p, mean_std, paired_ci, verdict
+
 MODELS = ("single", "paired", "jade")
+DEV_SPLIT = "train-unlabeled"  # primary training images outside the labeled subset
 
 
 @dataclass
@@ -95,11 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a pair of your own: NAME and the `jade train` flags that define its data",
     )
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    # 5 seeds: with 3, a t interval is so wide (t = 4.30) that only huge margins clear noise
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--runs", default="runs/accuracy", help="folder for the run directories")
     ap.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     ap.add_argument("--reuse", action="store_true", help="read completed runs in --runs")
+    ap.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"also score each run on dev data (`jade evaluate RUN --split {DEV_SPLIT}`)",
+    )
     ap.add_argument("--title", default="Real-data accuracy: single vs paired vs JADE")
     ap.add_argument("extra", nargs="*", help="more `jade train` flags (after --)")
     return ap.parse_args(argv)
@@ -136,6 +153,62 @@ def read_run(run: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
+def saved_dev(run: Path) -> float | None:
+    """Primary dev accuracy (%) saved by an earlier `jade evaluate RUN --split train-unlabeled`
+    of this completed run's own checkpoint, else None."""
+    # evaluate-<split>/ without a suffix is where evaluate writes for the checkpoint the run
+    # selected (another --checkpoint gets a -<stem> suffix, --test-limit a -first<N>)
+    summary = run / "analysis" / f"evaluate-{DEV_SPLIT}" / "summary.json"
+    try:
+        report = json.loads(summary.read_text(encoding="utf-8"))
+        acc = report["primary"]["accuracy"]
+        checkpoint = run / str(report["checkpoint"])
+        # an evaluation while training, or before a --resume, scored older weights
+        fresh = (
+            report.get("split") == DEV_SPLIT
+            and report.get("status") == "completed"
+            and report.get("limit") is None
+            and checkpoint.stat().st_mtime <= summary.stat().st_mtime
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return 100.0 * float(acc) if fresh and acc is not None else None
+
+
+def evaluate_dev(
+    run: Path, data_dir: str | None, env: Mapping[str, str] | None = None
+) -> tuple[float | None, str]:
+    """(primary dev accuracy in %, "") from `jade evaluate`, or (None, its error line)."""
+    cmd = [sys.executable, "-m", "jadecli", "evaluate", str(run), "--split", DEV_SPLIT]
+    cmd += ["--format", "json"] + (["--data-dir", data_dir] if data_dir else [])
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=None if env is None else dict(env)
+    )
+    if proc.returncode == 0:
+        try:
+            return 100.0 * float(json.loads(proc.stdout)["primary"]["accuracy"]), ""
+        except (ValueError, KeyError, TypeError) as err:
+            return None, f"evaluate printed no report ({err})"
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+    return None, f"evaluate: {tail[0]}"
+
+
+def dev_score(
+    run: Path, data_dir: str | None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The run's dev accuracy as Result.extra entries: read back if saved, else evaluated."""
+    saved = saved_dev(run)
+    if saved is not None:
+        return {"dev": saved, "dev_source": "saved"}
+    t0 = time.perf_counter()
+    dev, error = evaluate_dev(run, data_dir, env)
+    out: dict[str, Any] = {"dev": dev, "dev_source": "evaluated"}
+    out["dev_seconds"] = round(time.perf_counter() - t0, 1)
+    if error:
+        out["dev_error"] = error
+    return out
+
+
 def run_one(pair: Pair, model: str, seed: int, args: argparse.Namespace) -> Result:
     run = Path(args.runs) / f"{pair.name}-{model}-seed{seed}"
     cmd = train_command(pair, model, seed, run, args)
@@ -169,6 +242,10 @@ def run_one(pair: Pair, model: str, seed: int, args: argparse.Namespace) -> Resu
         value = final.get(key)
         return None if value is None else 100.0 * float(value)
 
+    extra = {"train_seconds": manifest.get("train_seconds"), "precision": manifest.get("precision")}
+    status = str(manifest.get("status", "?"))
+    if args.dev and status == "completed":
+        extra.update(dev_score(run, args.data_dir))
     return Result(
         pair.name,
         model,
@@ -176,19 +253,27 @@ def run_one(pair: Pair, model: str, seed: int, args: argparse.Namespace) -> Resu
         pct("primary_test_accuracy"),
         pct("auxiliary_test_accuracy"),
         wall,
-        str(manifest.get("status", "?")),
+        status,
         shown,
         str(run),
-        {"train_seconds": manifest.get("train_seconds"), "precision": manifest.get("precision")},
+        extra,
     )
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+DIFFERENCE_HEADER = [
+    "| difference | mean (points) | 95% CI | seeds | ahead | p | verdict |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def difference_row(label: str, diffs: list[float]) -> str:
+    """A DIFFERENCE_HEADER row: per-seed differences, their mean and t interval, a verdict."""
+    ci = paired_ci(diffs)
+    wins = sum(d > 0 for d in diffs)
+    return (
+        f"| {label} | {ci.mean:+.2f} | {format_ci(ci)} | {ci.n} | {wins}/{ci.n} | "
+        f"{format_p(ci.p_value)} | {verdict(ci)} |"
+    )
 
 
 def render(
@@ -206,9 +291,17 @@ def render(
     lines.append(
         "Accuracy is primary **test** accuracy (%) of the model after its last epoch: no model "
         "or epoch was chosen with test data. ± is the sample "
-        "standard deviation over seeds; margins are per-seed differences (same seed, same "
-        "labeled subset), averaged."
+        "standard deviation over seeds. Differences are per seed (same seed, same labeled "
+        "subset): their mean, a 95% Student t interval over the seeds both models ran, and a "
+        "verdict, *significant* when the interval excludes 0, else *within noise* (each "
+        "comparison on its own, no correction for the three per pair)."
     )
+    if args.dev:
+        lines.append(
+            "Dev is primary accuracy (%) on the training images outside the labeled subset "
+            f"(`jade evaluate RUN --split {DEV_SPLIT}`), same final model: a recipe can be "
+            "chosen on it without reading test data."
+        )
     lines.append("")
     lines.append(
         "Command: `python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in _argv()) + "`"
@@ -221,8 +314,11 @@ def render(
         lines += [f"## {pair.title}", ""]
         if pair.target:
             lines += [f"Target: {pair.target}.", ""]
-        lines.append("| model | primary acc (mean ± std) | per seed | aux acc | wall s / run |")
-        lines.append("| --- | --- | --- | --- | --- |")
+        dev_head, dev_rule = (" dev acc (mean ± std) |", " --- |") if args.dev else ("", "")
+        lines.append(
+            f"| model | primary acc (mean ± std) | per seed |{dev_head} aux acc | wall s / run |"
+        )
+        lines.append(f"| --- | --- | --- |{dev_rule} --- | --- |")
         by_model: dict[str, dict[int, float]] = {}
         for model in [m for m in MODELS if any(r.model == m for r in rows)]:
             mine = sorted((r for r in rows if r.model == model), key=lambda r: r.seed)
@@ -235,8 +331,12 @@ def render(
             )
             walls = [r.wall_s for r in mine if r.wall_s == r.wall_s]
             wall = f"{statistics.mean(walls):.0f}" if walls else "-"
+            dev = ""
+            if args.dev:
+                devs = [r.extra["dev"] for r in mine if r.extra.get("dev") is not None]
+                dev = f" {mean_std(devs)} |"
             lines.append(
-                f"| {model} | **{mean_std(accs)}** | {per_seed} | "
+                f"| {model} | **{mean_std(accs)}** | {per_seed} |{dev} "
                 f"{mean_std(auxs) if auxs else '-'} | {wall} |"
             )
         margins = []
@@ -245,12 +345,10 @@ def render(
                 seeds = sorted(set(by_model[hi]) & set(by_model[lo]))
                 diffs = [by_model[hi][s] - by_model[lo][s] for s in seeds]
                 if diffs:
-                    wins = sum(d > 0 for d in diffs)
-                    margins.append(
-                        f"{hi} - {lo}: {mean_std(diffs)} points ({wins}/{len(diffs)} seeds ahead)"
-                    )
+                    margins.append(difference_row(f"{hi} - {lo}", diffs))
         if margins:
-            lines += ["", "Margins: " + "; ".join(margins) + "."]
+            lines += ["", "Primary test accuracy, model minus model, per seed:", ""]
+            lines += DIFFERENCE_HEADER + margins
         if pair.target_min is not None and "jade" in by_model and by_model["jade"]:
             mean = statistics.mean(by_model["jade"].values())
             verdict = "met" if mean >= pair.target_min else "NOT met"
@@ -285,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(pair, model, seed, args)
                 results.append(r)
                 acc = f"{r.primary:.2f}%" if r.primary is not None else r.status
+                if args.dev:
+                    dev = r.extra.get("dev")
+                    acc += f", dev {dev:.2f}%" if dev is not None else ""
+                    acc += f" ({r.extra['dev_error']})" if r.extra.get("dev_error") else ""
                 print(
                     f"{pair.name:10s} {model:6s} seed {seed}: {acc}  ({r.wall_s:.0f} s)", flush=True
                 )

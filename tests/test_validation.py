@@ -164,3 +164,12 @@ def test_ema_weights_are_what_is_evaluated_and_a_resume_continues_them_exactly(
     assert moved  # the average is not the last weights
     final = manifest(straight)["final_metrics"]["primary_test_accuracy"]
     assert evaluate(runner, straight)["primary"]["accuracy"] == pytest.approx(final)
+
+
+def test_split_val_of_a_run_without_val_says_so(runner, trained_runs):
+    result = runner.invoke(
+        app, ["evaluate", str(trained_runs["jade"]), "--split", "val", "--device", "cpu"]
+    )
+    assert result.exit_code == 2
+    assert "was trained without --val, so it has no validation images" in result.output
+    assert "Traceback" not in result.output

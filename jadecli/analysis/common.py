@@ -31,7 +31,7 @@ from jadecli.compute import (
     resolve_device,
     to_input,
 )
-from jadecli.config import RunSource, TrainConfig
+from jadecli.config import ConfigError, RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
 from jadecli.data.pair import aux_used_index, labeled_index, load_pair, split_labeled
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
@@ -86,8 +86,14 @@ class LoadedRun:
         elif split == "train-labeled":
             part = ds.train if used is None else ds.train.subset(used)
         elif split == "val":
-            if role != PRIMARY or self.val_index is None:
-                return None
+            if self.val_index is None:
+                raise ConfigError(
+                    "split",
+                    f"val: {self.source.run} was trained without --val, so it has no validation "
+                    "images; use --split test or train-unlabeled",
+                )
+            if role != PRIMARY:
+                return None  # only the primary has a validation split
             part = ds.train.subset(self.val_index)
         else:  # train-unlabeled: neither trained on nor held out as validation
             if used is None:

@@ -38,7 +38,6 @@ ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
 BATCH_NORMS = ("shared", "per-dataset")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("mean", "sum")
-MATCH_TARGETS = ("posterior", "detached")
 SELECTIONS = ("last", "best-val")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
@@ -505,15 +504,6 @@ class TrainConfig:
         "content dimension.",
         group=OBJ,
         range=NON_NEGATIVE,
-    )
-    match_target: str = opt(
-        "posterior",
-        "What the matching KL moves (jade): posterior (both content posteriors, as in the paper) "
-        "or detached (only the primary's: the auxiliary posterior is a fixed target, and is not "
-        "widened to cover the primary's codes).",
-        group=OBJ,
-        metavar="posterior|detached",
-        choices=MATCH_TARGETS,
     )
     ce_on_mean: bool = opt(
         False,

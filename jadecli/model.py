@@ -614,11 +614,11 @@ class JADE(RoleModel):
         self.aux_decoder = Decoder(self.aux_encoder.cnn, s + c)
         self.classifier = Classifier(c, spec.hidden_dim, spec.num_classes, spec.dropout)
         # training-only options of the objective (not part of the weights): set_objective
-        self.match_target, self.ce_on_mean = "posterior", False
+        self.ce_on_mean = False
 
-    def set_objective(self, match_target: str, ce_on_mean: bool) -> None:
-        """`--match-target` and `--ce-on-mean` of the run being trained."""
-        self.match_target, self.ce_on_mean = match_target, ce_on_mean
+    def set_objective(self, ce_on_mean: bool) -> None:
+        """`--ce-on-mean` of the run being trained."""
+        self.ce_on_mean = ce_on_mean
 
     def encoder(self, role: str) -> VAEEncoder:
         return self.primary_encoder if role == PRIMARY else self.aux_encoder
@@ -656,7 +656,7 @@ class JADE(RoleModel):
         y: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         assert isinstance(out, JADEOutput) and x_aux is not None
-        return jade_terms(out, x_aux, x_primary, y, self.match_target)
+        return jade_terms(out, x_aux, x_primary, y)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -229,7 +229,7 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(self.spec)
         if isinstance(self.model, JADE):
-            self.model.set_objective(cfg.match_target, cfg.ce_on_mean)
+            self.model.set_objective(cfg.ce_on_mean)
         if not resumed and cfg.init_weights is not None:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)

@@ -80,7 +80,6 @@ SAMPLE = {
     "recon_weight": 2.0,
     "kl_weight": 0.5,
     "match_weight": 10.0,
-    "match_target": "detached",
     "ce_on_mean": True,
     "separation_weight": 0.5,
     "aux_ce_weight": 3.0,

@@ -506,9 +506,10 @@ class TrainConfig:
         range=NON_NEGATIVE,
     )
     ce_on_mean: bool = opt(
-        False,
+        True,
         "jade: train the classifier on the content posterior means (what it predicts from) as "
-        "well as on samples; each cross-entropy is then the average of the two.",
+        "well as on samples; each cross-entropy is then the average of the two. Chosen on a dev "
+        "split (MNIST-M 10/class, 5 seeds); --no-ce-on-mean: samples only, as in the paper.",
         group=OBJ,
     )
     separation_weight: float = opt(
@@ -713,6 +714,7 @@ _PAPER_COMMON: dict[str, Any] = {
     "style_dim": 10,
     "hidden_dim": 500,
     "dropout": 0.5,
+    "ce_on_mean": False,  # the paper's classifier sees sampled content latents only
     "recon_weight": 1.0,  # BCE summed over pixels: "x784 (MNIST), x3072 (SVHN)" of a mean
     "kl_weight": 1.0,
     "match_weight": 1.0,

@@ -39,6 +39,8 @@ def test_paper_preset_is_reference_md_recipe(model, lr, aux_ce, primary_ce):
     assert (cfg.recon_weight, cfg.kl_weight, cfg.match_weight) == (1.0, 1.0, 1.0)
     assert (cfg.arch, cfg.augment, cfg.loss_scale, cfg.dropout) == ("paper", "none", "sum", 0.5)
     assert (cfg.content_dim, cfg.style_dim, cfg.hidden_dim, cfg.grad_clip) == (10, 10, 500, 0.0)
+    # none of jadecli's levers: the classifier sees samples only, no separation term, no EMA
+    assert (cfg.ce_on_mean, cfg.separation_weight, cfg.ema) == (False, 0.0, 0.0)
 
 
 def test_preset_sits_below_config_file_and_flags(tmp_path):

@@ -80,7 +80,7 @@ SAMPLE = {
     "recon_weight": 2.0,
     "kl_weight": 0.5,
     "match_weight": 10.0,
-    "ce_on_mean": True,
+    "ce_on_mean": False,
     "separation_weight": 0.5,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,

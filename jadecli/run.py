@@ -149,9 +149,7 @@ class RunDir:
         """The checkpoint the run ended with: best.pt under --select best-val, else last.pt."""
         checkpoints = manifest.get("checkpoints")
         selected = checkpoints.get("selected") if isinstance(checkpoints, dict) else None
-        if isinstance(selected, str) and (self.path / selected).is_file():
-            return self.path / selected
-        return self.checkpoint_path
+        return self.path / selected if isinstance(selected, str) else self.checkpoint_path
 
     @classmethod
     def create(cls, out: Path, overwrite: bool) -> RunDir:

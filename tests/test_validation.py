@@ -106,6 +106,12 @@ def test_best_val_keeps_the_best_epoch_and_every_command_uses_it(
     last = evaluate(runner, run, "--checkpoint", str(run / "checkpoints" / "last.pt"))
     assert last["primary"]["accuracy"] == pytest.approx(float(metrics[-1]["test_acc_primary"]))
 
+    # without its selected checkpoint the run is not silently analysed at another epoch
+    (run / "checkpoints" / "best.pt").unlink()
+    result = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "best.pt (--select best-val), which is missing" in result.output
+
 
 def test_no_test_never_evaluates_the_test_split(runner, synth_dir, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):

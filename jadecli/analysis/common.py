@@ -197,7 +197,13 @@ def _checkpoint_path(source: RunSource, run: RunDir, manifest: dict[str, Any], s
             f"RUN {source.run} has no checkpoint ({run.checkpoint_path} is missing; {why}); "
             "there is nothing to analyse"
         )
-    return run.selected_checkpoint(manifest)
+    selected = run.selected_checkpoint(manifest)
+    if not selected.is_file():  # never analyse another epoch than the one the run chose, silently
+        raise RunDirError(
+            f"RUN {source.run} selected {selected} (--select best-val), which is missing; pass "
+            f"--checkpoint {run.checkpoint_path} to analyse the last epoch instead"
+        )
+    return selected
 
 
 def _config_and_spec(state: dict[str, Any], path: Path) -> tuple[TrainConfig, ModelSpec]:

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 # benchmarks/accuracy.py and benchmarks/stats.py, beside this script
-from accuracy import DEV_SPLIT, PAIRS, Pair, dev_score, read_run
+from accuracy import DEV_SPLIT, PAIRS, Pair, dev_score, read_run, run_threads, usable_cpus
 from stats import format_ci, format_p, mean_std, paired_ci, verdict
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names become run folder names
@@ -236,12 +236,6 @@ def execute(job: Job, args: argparse.Namespace, env: dict[str, str]) -> Outcome:
     return out
 
 
-def usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))  # what this process may run on, not the machine
-    return os.cpu_count() or 1
-
-
 def md_code(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`" if text else "(none)"
 
@@ -338,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not seeds:
         sys.exit("--seeds: give at least one seed")
-    threads = max(1, usable_cpus() // args.parallel)
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    if cap.isdigit() and int(cap) > 0:  # a cap the caller set (other jobs running) is kept
-        threads = min(threads, int(cap))
+    threads = run_threads(args.parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # seed-major: after each seed every trial has a number, so a cut-short search still compares
     jobs = [

@@ -137,6 +137,40 @@ def test_accuracy_margins_table_and_dev_column(bench):
     assert "train-unlabeled" in text
 
 
+def test_accuracy_parallel_runs_slowest_first_and_renders_in_matrix_order(
+    bench, tmp_path, monkeypatch
+):
+    acc = bench.accuracy
+    started: list[tuple[str, int, str | None]] = []
+
+    def fake_run_one(pair, model, seed, args, env=None):
+        started.append((model, seed, None if env is None else env["OMP_NUM_THREADS"]))
+        score = {"single": 50.0, "paired": 60.0, "jade": 70.0}[model] + seed
+        return acc.Result(pair.name, model, seed, score, 97.0, 1.0, "completed", "c", "r")
+
+    monkeypatch.setattr(acc, "run_one", fake_run_one)
+    monkeypatch.setattr(acc, "usable_cpus", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out = tmp_path / "acc.md"
+    argv = ["--pairs", "", "--pair", "x=--primary synth-street", "--seeds", "0,1"]
+    assert acc.main([*argv, "--parallel", "2", "--out", str(out)]) == 0
+    # with 2 workers the first two submitted run first: both jade seeds, 2 threads each
+    assert started[:2] == [("jade", 0, "2"), ("jade", 1, "2")]
+    assert {m for m, _, _ in started[4:]} == {"single"}
+    text = out.read_text()
+    assert "2 at a time with 2 thread(s) each" in text
+    rows = [x for x in text.splitlines() if x.startswith(("| single |", "| paired |", "| jade |"))]
+    assert [r.split(" |")[0] for r in rows] == ["| single", "| paired", "| jade"]
+    assert "| paired - single | +10.00 |" in text
+    json_rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["model"], r["seed"]) for r in json_rows][:2] == [("single", 0), ("single", 1)]
+    # one run at a time: the caller's environment, untouched
+    started.clear()
+    assert acc.main(argv) == 0 and {e for _, _, e in started} == {None}
+    with pytest.raises(SystemExit):
+        acc.parse_args([*argv, "--parallel", "0"])
+
+
 def test_saved_dev_is_read_only_when_it_scored_the_final_weights(bench, tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -214,7 +248,7 @@ def test_search_runs_trials_in_parallel_logs_and_renders(bench, tmp_path, monkey
         )
 
     monkeypatch.setattr(search, "execute", fake_execute)
-    monkeypatch.setattr(search, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(bench.accuracy, "usable_cpus", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     log, md = tmp_path / "search.jsonl", tmp_path / "search.md"
     argv = ["--pair", "tiny=--primary synth-street --n-labeled 100 --auxiliary synth-hand"]

@@ -6,9 +6,11 @@ real `jade train` run through the CLI, rendered as one markdown table.
 Every number is read back from the run's manifest.yaml (its last epoch: nothing is selected on
 test data). Runs go to --runs (default runs/accuracy/<pair>-<model>-seed<S>); with --reuse, a
 completed run there is read instead of trained again, so an interrupted matrix can continue.
-The table is re-rendered after every run. Extra arguments after `--` go to every `jade train`
-(e.g. `-- --preset paper`); `--pair NAME='FLAGS'` adds a pair of your own, e.g.
-`--pair svhn='--config examples/svhn_mnist.yaml'` (see examples/reproduce_table1.sh).
+The table is re-rendered after every run; its per-model rows group the seeds as `jade summarize`
+does (jadecli.summarize: mean ± sample std over the completed runs only, a failed run is named
+with its status). Extra arguments after `--` go to every `jade train` (e.g. `-- --preset paper`);
+`--pair NAME='FLAGS'` adds a pair of your own, e.g. `--pair svhn='--config
+examples/svhn_mnist.yaml'` (see examples/reproduce_table1.sh).
 
 Margins between models are per-seed differences with a 95% Student t interval (benchmarks/
 stats.py): "within noise" when the interval holds 0. With --dev, every completed run is also
@@ -17,7 +19,8 @@ scored on dev data, the primary training images outside its labeled subset (`jad
 instead of evaluated again.
 
 --parallel K trains K runs at once, each with OMP_NUM_THREADS = CPUs // K (at least 1, at most
-an OMP_NUM_THREADS already set); the longest cells (jade, then paired, then single) start first.
+an OMP_NUM_THREADS already set). Pairs run one after another, so a matrix cut short has whole
+rows to compare; within a pair the longest cells (jade, then paired, then single) start first.
 On 2 CPUs two 1-thread runs train about 1.4x as many pairs per second as one 2-thread run.
 """
 
@@ -42,7 +45,10 @@ from typing import Any
 import yaml
 
 # benchmarks/stats.py, beside this script; mean_std stays importable from here (batch_norm.py)
-from stats import format_ci, format_p, mean_std, paired_ci, verdict
+from stats import format_ci, format_p, paired_ci, verdict
+from stats import mean_std as mean_std
+
+from jadecli.summarize import RunRecord, group_runs
 
 MODELS = ("single", "paired", "jade")
 DEV_SPLIT = "train-unlabeled"  # primary training images outside the labeled subset
@@ -58,7 +64,8 @@ class Pair:
 
 
 # Digit geometry: MNIST digits sit in a 20x20 box centred in 28x28, USPS digits fill their 16x16
-# frame, MNIST-M is MNIST padded by 2 pixels to 32x32 (its README). The pads line them up.
+# frame, MNIST-M is MNIST padded by 2 pixels to 32x32 (as its makers built it). The pads line
+# them up.
 USPS = ["--primary-size", "20", "--primary-pad", "4"]
 MNISTM = ["--aux-per-class", "4500", "--auxiliary-pad", "2"]
 
@@ -291,6 +298,13 @@ def run_one(
     )
 
 
+def run_record(r: Result) -> RunRecord:
+    """A result as `jade summarize` groups runs: its model and seed, status and numbers (%)."""
+    metrics = {"primary": r.primary, "auxiliary": r.auxiliary, "wall": r.wall_s}
+    metrics["dev"] = r.extra.get("dev")
+    return RunRecord(r.run_dir, {"model": r.model, "seed": r.seed}, r.status, metrics)
+
+
 DIFFERENCE_HEADER = [
     "| difference | mean (points) | 95% CI | seeds | ahead | p | verdict |",
     "| --- | --- | --- | --- | --- | --- | --- |",
@@ -351,25 +365,28 @@ def render(
             f"| model | primary acc (mean ± std) | per seed |{dev_head} aux acc | wall s / run |"
         )
         lines.append(f"| --- | --- | --- |{dev_rule} --- | --- |")
+        # grouped over seeds as `jade summarize` groups runs: means over completed runs only
+        groups = {g.key["model"]: g for g in group_runs([run_record(r) for r in rows])}
         by_model: dict[str, dict[int, float]] = {}
-        for model in [m for m in MODELS if any(r.model == m for r in rows)]:
-            mine = sorted((r for r in rows if r.model == model), key=lambda r: r.seed)
-            accs = [r.primary for r in mine if r.primary is not None]
-            auxs = [r.auxiliary for r in mine if r.auxiliary is not None]
-            by_model[model] = {r.seed: r.primary for r in mine if r.primary is not None}
+        for model in [m for m in MODELS if m in groups]:
+            group = groups[model]
+            by_model[model] = {
+                int(r.config["seed"]): float(r.metrics["primary"])
+                for r in group.counted
+                if r.metrics["primary"] is not None
+            }
             per_seed = ", ".join(
-                f"s{r.seed}: {r.primary:.2f}" if r.primary is not None else f"s{r.seed}: {r.status}"
-                for r in mine
+                f"s{r.config['seed']}: {r.metrics['primary']:.2f}"
+                if r.completed and r.metrics["primary"] is not None
+                else f"s{r.config['seed']}: {r.status}"
+                for r in group.runs
             )
-            walls = [r.wall_s for r in mine if r.wall_s == r.wall_s]
-            wall = f"{statistics.mean(walls):.0f}" if walls else "-"
-            dev = ""
-            if args.dev:
-                devs = [r.extra["dev"] for r in mine if r.extra.get("dev") is not None]
-                dev = f" {mean_std(devs)} |"
+            walls = group.stat("wall")
+            wall = f"{walls.mean:.0f}" if walls.mean is not None else "-"
+            dev = f" {group.stat('dev').text()} |" if args.dev else ""
             lines.append(
-                f"| {model} | **{mean_std(accs)}** | {per_seed} |{dev} "
-                f"{mean_std(auxs) if auxs else '-'} | {wall} |"
+                f"| {model} | **{group.stat('primary').text()}** | {per_seed} |{dev} "
+                f"{group.stat('auxiliary').text()} | {wall} |"
             )
         margins = []
         for hi, lo in (("jade", "paired"), ("paired", "single"), ("jade", "single")):
@@ -410,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if args.parallel > 1 else None
     cells = [(pair, model, seed) for pair in pairs for model in models for seed in seeds]
     order = {(p.name, m, s): i for i, (p, m, s) in enumerate(cells)}
-    # the slowest models first, so the last runs to finish are short ones
+    # pair by pair, so a matrix cut short has whole rows to compare; within a pair the slowest
+    # models first, so the last runs to finish are short ones
     cost = {"jade": 0, "paired": 1, "single": 2}
-    queue = sorted(cells, key=lambda c: (cost.get(c[1], 0), order[(c[0].name, c[1], c[2])]))
+    rank = {p.name: i for i, p in enumerate(pairs)}
+    queue = sorted(cells, key=lambda c: (rank[c[0].name], cost.get(c[1], 0), c[2]))
     results: list[Result] = []
     t0 = time.perf_counter()
     failed = 0

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 from scipy.stats import t as student_t
 
+# `mean ± sample sd` cells: one implementation, the one `jade summarize` writes its tables with
+# (the benchmark scripts import it from here)
+from jadecli.summarize import mean_std as mean_std
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -101,15 +105,6 @@ def describe(interval: Interval, unit: str = "points") -> str:
         f"{value} [{interval.level * 100:g}% CI {interval.lo:+.2f}, {interval.hi:+.2f}], "
         f"n={interval.n}, {p}: {word}"
     )
-
-
-def mean_std(values: list[float]) -> str:
-    """`mean ± sample sd` with 2 decimals; one value alone; `-` for none."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,11 @@ from jadecli.config import (
     RUN,
     ConfigError,
     EvaluateConfig,
+    ExportConfig,
     LatentsConfig,
+    PredictConfig,
     ReconstructConfig,
+    SummarizeConfig,
     TrainConfig,
     help_for,
     option_fields,
@@ -104,11 +107,13 @@ def _cli_type(f: Field[Any]) -> Any:
     """The type Typer parses an option of config field `f` as (None = not given)."""
     kind = str(f.type)
     if f.metadata["argument"]:
-        return Path
+        return list[Path] if kind.startswith("list") else Path  # PATH... takes one or more
     if kind.startswith("bool"):
         return bool | None
     if kind.startswith("Path"):
         return Path | None
+    if f.metadata.get("repeat"):
+        return list[str] | None  # --log a --log b: the config joins them with commas
     if kind.startswith("int | str") or f.metadata["parse"] is not None:
         return str | None  # "all" or a count; a value with its own parser (85%)
     if kind.startswith("int"):
@@ -249,8 +254,30 @@ ProgressOpt = Annotated[
         help="Live progress bars in a terminal (plain per-epoch lines otherwise).",
     ),
 ]
+PrintConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        rich_help_panel=RUN,
+        help="Print the fully resolved configuration (defaults < --preset < --config < flags) "
+        "as YAML that --config reads back, and exit without training.",
+    ),
+]
 # `jade train`'s options that say how to run, not what to compute (not TrainConfig fields).
-RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "progress")
+RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "progress", "print_config")
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """`cfg` as a --config file: every option under its flag name, in --help order."""
+    import yaml
+
+    values = {f.name.replace("_", "-"): getattr(cfg, f.name) for f in option_fields(TrainConfig)}
+    head = (
+        "# jade train configuration, resolved: code defaults < --preset < --config < flags.\n"
+        "# Train it with: jade train --config THIS_FILE [--out DIR]; null: chosen from the data\n"
+        "# when the run starts (recorded in the run's manifest.yaml).\n"
+    )
+    return head + yaml.safe_dump(values, sort_keys=False, width=100)
 
 
 @config_command(TrainConfig, no_args_is_help=True)
@@ -263,6 +290,7 @@ def train(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    print_config: PrintConfigOpt = False,
     **flags: Any,
 ) -> None:
     """Train a single classifier, a paired classifier or a JADE model; writes a run folder."""
@@ -270,6 +298,14 @@ def train(
     from jadecli.config import requested_changes, resolve_train_config
     from jadecli.progress import make_reporter
 
+    if print_config:
+        if resume:
+            raise UsageError(
+                "--print-config shows a new run's configuration; a run's own is the config: "
+                "section of RUN/manifest.yaml"
+            )
+        typer.echo(config_yaml(resolve_train_config(flags, config, preset)), nl=False)
+        return
     if resume:
         if out is None:
             raise UsageError("--resume needs --out: the run folder to continue")
@@ -393,6 +429,77 @@ def reconstruct(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) 
     result = run_recon(cfg, PlainReporter())
     if not _emit(result.report, fmt):
         print_reconstruct(result.report)
+
+
+@config_command(SummarizeConfig, no_args_is_help=True)
+def summarize(**values: Any) -> None:
+    """One table of many runs: the options that differ, final metrics, mean ± std over seeds.
+
+    Runs whose options differ only in --seed share one row: mean ± sample standard deviation
+    over them, and their number n. Runs that did not complete (failed, interrupted, running)
+    get rows of their own with their status and are left out of every mean."""
+    from jadecli.progress import PlainReporter
+    from jadecli.summarize import summarize as run_summary
+
+    cfg = SummarizeConfig(**_given(values))
+    result = run_summary(cfg, PlainReporter())
+    if cfg.out is None:
+        typer.echo(result.text, nl=False)
+    else:
+        rows, runs = len(result.summary.rows), len(result.records)
+        typer.echo(f"{rows} row(s) of {runs} run(s): {cfg.out}")
+
+
+@config_command(PredictConfig, no_args_is_help=True)
+def predict(**values: Any) -> None:
+    """Classify image files, folders and globs with a trained run.
+
+    Per image: the predicted class, its probability and the top K classes, as CSV (or JSON) on
+    stdout or in --out FILE. Images are preprocessed exactly as the run's training images were
+    (size, padding, channels)."""
+    import os
+
+    from jadecli.analysis.predict import predict as run_predict
+    from jadecli.errors import DataError
+    from jadecli.progress import PlainReporter
+
+    cfg = PredictConfig(**_given(values))
+    try:
+        result = run_predict(cfg, PlainReporter(), sys.stdout)
+    except BrokenPipeError:  # `jade predict ... | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return
+    if result.failed and not cfg.skip_bad:
+        raise DataError(
+            f"{len(result.failed)} of {result.images + len(result.failed)} files could not be "
+            "read as images (named above); the others were predicted (--skip-bad: exit 0)"
+        )
+
+
+@config_command(ExportConfig, name="export", no_args_is_help=True)
+def export_classifier(ctx: typer.Context, **values: Any) -> None:
+    """Save a run's classifier as one TorchScript or ONNX file, checked against PyTorch.
+
+    The file takes float images in [0, 1] and returns logits; it is checked on test images
+    before it is written, with its preprocessing and class names in FILE.json beside it."""
+    from jadecli.analysis.export import export as run_export
+    from jadecli.progress import PlainReporter
+
+    cfg = ExportConfig(**_given(values), command=_argv(ctx))
+    result = run_export(cfg, PlainReporter())
+    src, check = result.report["source"], result.report["verification"]
+    typer.echo(
+        f"exported the {cfg.dataset} classifier of {cfg.run} ({src['model']}, epoch "
+        f"{src['epoch']}) as {cfg.format}: {result.out}"
+    )
+    typer.echo(
+        f"checked on {check['images']} test images with {check['runtime']}: max |logit "
+        f"difference| {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:.2g}), argmax "
+        f"agrees on {check['images'] - check['argmax_disagreements']}/{check['images']}, "
+        f"accuracy {100 * check['accuracy']:.2f}%"
+    )
+    typer.echo(f"preprocessing, classes and provenance: {result.metadata}")
 
 
 def main() -> None:

@@ -155,6 +155,24 @@ def configure_allocator() -> None:
         pass
 
 
+def keep_heap_top(pad: int) -> None:
+    """For inference: glibc keeps up to `pad` bytes of freed memory at the top of its heap, and
+    serves blocks up to 32 MiB (its largest threshold) from the heap, instead of giving them
+    back to the system (Linux; no-op elsewhere, or when the user set MALLOC_TOP_PAD_ or
+    MALLOC_MMAP_THRESHOLD_). A forward pass frees and reallocates the same activations every
+    batch; given back, they are page-faulted in again each time: measured on 32 px batches of
+    100, 60 page faults per image and a third of the CPU time, 5 with this."""
+    user_set = "MALLOC_TOP_PAD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    if not sys.platform.startswith("linux") or user_set:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # -3: M_MMAP_THRESHOLD in glibc's malloc.h
+        libc.mallopt(-2, int(pad))  # -2: M_TOP_PAD
+    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
+        pass
+
+
 def configure_threads() -> int:
     """Cap torch's CPU threads at the CPUs this process may use (unless OMP_NUM_THREADS is set);
     returns the thread count in force."""

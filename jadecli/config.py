@@ -43,6 +43,7 @@ SELECTIONS = ("last", "best-val")
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(
     {"epochs", "device", "precision", "data_dir", "download", "eval_every", "test", "memory_budget"}
+    | {"log"}  # experiment logs are views of the run, not part of what it computes
 )
 
 # Help panels of `jade train --help`, in the order they appear.
@@ -112,12 +113,14 @@ def opt(
     check: Callable[[Any], str | None] | None = None,
     parse: Callable[[str], Any] | None = None,
     argument: bool = False,
+    repeat: bool = False,
 ) -> Any:
     """A config field and everything its command-line option needs.
 
     `choices`, `range` and `check` (value -> problem or None) are the rules `check_fields`
     enforces; `parse` turns the option's text into the value (e.g. `85%` -> 0.85); `argument`
-    makes it a positional argument instead of an option."""
+    makes it a positional argument instead of an option; `repeat` lets the option be given
+    several times (`--log a --log b`), its values joined with commas for `parse`."""
     meta = {
         "help": help,
         "group": group,
@@ -127,6 +130,7 @@ def opt(
         "check": check,
         "parse": parse,
         "argument": argument,
+        "repeat": repeat,
     }
     return field(default=default, metadata=meta)
 
@@ -192,6 +196,8 @@ def _coerce(f: Field[Any], value: Any) -> Any:
         if "None" in kind:
             return None
         raise ConfigError(name, "needs a value (got nothing)")
+    if f.metadata.get("repeat") and isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)  # a repeated flag, or a list in the YAML file
     if f.metadata.get("parse") is not None and not isinstance(value, bool):
         if isinstance(value, str):
             return f.metadata["parse"](value)
@@ -251,6 +257,23 @@ def parse_val(text: str) -> int | float:
             "val", f"must be a number of images (20) or a fraction (0.2 or 20%) (got {text!r})"
         ) from None
     return int(number) if number.is_integer() else number
+
+
+LOGGERS = ("tensorboard", "mlflow")  # `--log`: experiment logs (jadecli.logs)
+
+
+def parse_log(text: str) -> str:
+    """`--log`: `tensorboard`, `mlflow`, both (`tensorboard,mlflow`, or the flag twice), or
+    `none` -> the same, canonical (no spaces, no repeats, in the order given)."""
+    names = [n.strip().lower() for n in text.split(",")]
+    if names == ["none"]:
+        return "none"
+    if not all(n in LOGGERS for n in names):
+        raise ConfigError(
+            "log",
+            f"must be tensorboard, mlflow, both (tensorboard,mlflow) or none (got {text!r})",
+        )
+    return ",".join(dict.fromkeys(names))
 
 
 def _val_problem(value: int | float) -> str | None:
@@ -622,6 +645,18 @@ class TrainConfig:
         "never touches it: for recipe searches, which must choose without test data.",
         group=RUN,
     )
+    log: str = opt(
+        "none",
+        "Experiment logs, besides the run folder: tensorboard (RUN/logs/tensorboard), mlflow "
+        "(RUN/logs/mlruns, or $MLFLOW_TRACKING_URI when set), both (tensorboard,mlflow or the "
+        "flag twice), or none. Per epoch: every metrics.csv number; jade runs also get an image "
+        "of test reconstructions at each test evaluation. Needs pip install "
+        "'jadecli[tensorboard]' / 'jadecli[mlflow]'. A resumed run continues the same logs.",
+        group=RUN,
+        metavar="tensorboard|mlflow|none",
+        parse=parse_log,
+        repeat=True,
+    )
 
     def __post_init__(self) -> None:
         if not self.primary:
@@ -926,3 +961,214 @@ class ReconstructConfig(RunSource):
         range=Range(0, open_lo=True),
     )
     traverse_steps: int = opt(7, "Images per traversed dimension (2-25).", range=Range(2, 25))
+
+
+EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_DATASETS = ("primary", "auxiliary")
+
+
+@dataclass
+class ExportConfig:
+    """Options of `jade export`: which run's classifier, into which file format."""
+
+    run: Path = opt(MISSING, "A run folder written by 'jade train'.", metavar="RUN", argument=True)
+    format: str | None = opt(
+        None,
+        "torchscript (a file for torch.jit.load) or onnx (for onnxruntime and other ONNX "
+        "runtimes; needs the packages onnx and onnxruntime: jadecli's 'export' extra). Required.",
+        metavar="torchscript|onnx",
+        choices=EXPORT_FORMATS,
+    )
+    out: Path | None = opt(
+        None,
+        "File to write, e.g. model.pt or model.onnx; its preprocessing, classes, source and check "
+        "go to FILE.json beside it. Required.",
+        metavar="FILE",
+    )
+    dataset: str = opt(
+        "primary",
+        "Whose images the exported classifier takes: primary, or auxiliary (paired and JADE runs: "
+        "the auxiliary encoder into the shared classifier).",
+        metavar="primary|auxiliary",
+        choices=EXPORT_DATASETS,
+    )
+    overwrite: bool = opt(False, "Replace FILE and FILE.json if they exist (refused otherwise).")
+    verify_images: int = opt(
+        500,
+        "Check the exported file against PyTorch on the first N test images of the dataset; a "
+        "difference beyond the tolerance fails the export and writes nothing.",
+        metavar="N",
+        range=POSITIVE,
+    )
+    checkpoint: Path | None = opt(
+        None,
+        "Checkpoint file to export instead of the run's selected one (checkpoints/last.pt, or "
+        "best.pt under --select best-val).",
+        group=SRC,
+        metavar="PATH",
+    )
+    data_dir: str | None = opt(
+        None,
+        "Where the run's datasets are now, if they moved (the check reads test images).",
+        group=SRC,
+        metavar="DIR",
+    )
+    batch_size: int = opt(100, "Images per forward pass of the check.", group=SRC, range=POSITIVE)
+    command: list[str] = internal(list)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.format is None:
+            raise ConfigError("format", "is required: torchscript or onnx, e.g. --format onnx")
+        if self.out is None:
+            raise ConfigError("out", "is required: the file to write, e.g. --out model.onnx")
+
+
+SUMMARY_FORMATS = ("markdown", "csv", "json")
+
+
+def _show_names(value: str) -> list[str]:
+    return [n.strip().replace("-", "_") for n in value.split(",") if n.strip()]
+
+
+def _show_problem(value: str) -> str | None:
+    names = _show_names(value)
+    if not names:
+        return "needs option names, e.g. --show model,n-labeled"
+    known = field_names(TrainConfig)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {flag(close[0])[2:]}?" if close else ""
+            return f"has {name.replace('_', '-')!r}, which is no 'jade train' option{hint}"
+    return None
+
+
+@dataclass
+class SummarizeConfig:
+    """Options of `jade summarize`."""
+
+    runs: list[str] = opt(
+        MISSING,
+        "Run folders written by 'jade train', folders holding run folders (searched at any "
+        "depth), or glob patterns of them (quoted: 'runs/sweep/*'; ** searches deeper).",
+        metavar="RUNS",
+        argument=True,
+    )
+    format: str = opt(
+        "markdown",
+        "markdown: a table to read or paste (accuracies in %); csv or json: every row and "
+        "number unrounded (accuracies as fractions, as in the manifests), for scripts.",
+        metavar="markdown|csv|json",
+        choices=SUMMARY_FORMATS,
+    )
+    out: Path | None = opt(
+        None,
+        "Write the table to FILE (written whole, then renamed into place) instead of stdout.",
+        metavar="FILE",
+    )
+    by_seed: bool = opt(
+        False,
+        "One row per run, instead of one per group of runs that differ only in --seed.",
+    )
+    show: str | None = opt(
+        None,
+        "Options to show as columns even where every run has the same value, comma-separated "
+        "(e.g. model,n-labeled). Columns otherwise: the options whose values differ.",
+        metavar="OPTIONS",
+        check=_show_problem,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.runs = [str(r) for r in self.runs]
+
+    @property
+    def show_fields(self) -> list[str]:
+        """`--show`'s options as config field names."""
+        return _show_names(self.show) if self.show else []
+
+
+PREDICT_FORMATS = ("csv", "json", "jsonl")
+PREDICT_DATASETS = ("primary", "auxiliary")
+DEFAULT_TOP_K = 3
+
+
+@dataclass
+class PredictConfig:
+    """Options of `jade predict`: the run-source options minus --data-dir and --out DIR (it
+    reads image files, not the run's datasets, and writes one file)."""
+
+    run: Path = opt(MISSING, "A run folder written by 'jade train'.", metavar="RUN", argument=True)
+    paths: list[Path] = opt(
+        MISSING,
+        "Image files, folders (searched recursively for image files) and glob patterns "
+        "(e.g. 'scans/*.png' or 'scans/**/*.tif', quoted or not).",
+        metavar="PATH",
+        argument=True,
+    )
+    dataset: str = opt(
+        "primary",
+        "Whose encoder the images go through: primary (the few-label dataset's) or auxiliary "
+        "(paired and JADE runs). The images are preprocessed as that dataset was in training.",
+        metavar="primary|auxiliary",
+        choices=PREDICT_DATASETS,
+    )
+    top_k: int | None = opt(
+        None,
+        f"Classes listed per image with their probabilities, most likely first (default: "
+        f"{DEFAULT_TOP_K}, or every class if the run has fewer).",
+        metavar="K",
+        range=POSITIVE,
+    )
+    format: str = opt(
+        "csv",
+        "csv: a header, then per image path, predicted, confidence, class_1, prob_1, ...; json: "
+        "one document (run, classes, predictions, failed); jsonl: one prediction per line.",
+        metavar="csv|json|jsonl",
+        choices=PREDICT_FORMATS,
+    )
+    out: Path | None = opt(
+        None,
+        "Write the predictions to FILE (written whole, then renamed into place) instead of stdout.",
+        metavar="FILE",
+    )
+    skip_bad: bool = opt(
+        False,
+        "Exit 0 even when some files could not be read as images (each is still named on "
+        "stderr; without this the exit code is 1, after predicting the others).",
+    )
+    checkpoint: Path | None = opt(
+        None,
+        "Checkpoint file to use instead of the run's selected one (checkpoints/last.pt, or "
+        "best.pt under --select best-val).",
+        group=SRC,
+        metavar="PATH",
+    )
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.", group=SRC, check=_device_problem)
+    precision: str = opt(
+        "auto",
+        "fp32, bf16, or auto: the precision the run was trained in (as jade evaluate).",
+        group=SRC,
+        metavar="auto|fp32|bf16",
+        choices=PRECISIONS,
+    )
+    batch_size: int = opt(
+        100,
+        "Images per forward pass (speed and memory only; results do not change beyond float "
+        "rounding).",
+        group=SRC,
+        range=POSITIVE,
+    )
+    workers: int | None = opt(
+        None,
+        "Threads decoding images while the model runs (default: one per CPU core, at most 8); "
+        "0 decodes in the main thread, between forward passes.",
+        group=SRC,
+        metavar="N",
+        range=Range(0, 64),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.paths = [Path(p) for p in self.paths]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jadecli import __version__
+from jadecli import __version__, logs
 from jadecli.compute import (
     configure_allocator,
     configure_threads,
@@ -110,6 +110,7 @@ class _Session:
     rows: list[dict[str, Any]]  # metrics.csv
     start_epoch: int  # epochs done when the session started
     epoch: int = 0  # the epoch in progress (0-based)
+    log: logs.ExperimentLog = field(default_factory=logs.ExperimentLog)  # --log
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Restored:
 def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainResult:
     """Train a new run as `cfg` says and leave a complete run folder at `options.out`."""
     check_new_run_target(options.out, options.overwrite)  # fail before the slow part
+    logs.check_available(cfg.log)  # a missing extra, before anything is written
     return _session(reporter, lambda: _start_new(cfg, options, reporter))
 
 
@@ -149,6 +151,7 @@ def resume(options: RunOptions, changes: dict[str, Any], reporter: Reporter) -> 
             f"--epochs {restored.cfg.epochs}: the run in {options.out} already has {done} "
             "epochs; pass a larger --epochs to continue it"
         )
+    logs.check_available(restored.cfg.log)
     return _session(reporter, lambda: _start_resumed(restored, options, reporter))
 
 
@@ -179,6 +182,8 @@ def _session(reporter: Reporter, start: Callable[[], _Session]) -> TrainResult:
         except BaseException as err:
             signals.armed = False
             error = _failure(session, err)
+            if session is not None:  # after _failure: the manifest the log keeps is the final one
+                session.log.close(str(session.manifest.get("status")))
             if error is None:
                 raise
             raise error from None
@@ -255,7 +260,9 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
     cfg, data, trainer = _prepare(cfg, reporter)
     manifest = _new_manifest(cfg, options, data, trainer)
     run = RunDir.create(options.out, options.overwrite)
+    log = logs.ExperimentLog()
     try:
+        log = logs.open_log(cfg, run.path, manifest, 0, reporter)  # records itself in manifest
         run.write_manifest(manifest)
         val = (
             None
@@ -265,9 +272,10 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
         labeled = data.labeled_index, data.labeled.labels
         run.write_labeled_indices(*labeled, data.primary.classes, val)
     except BaseException:
+        log.close("failed")
         run.discard()  # nothing was trained yet: leave no half-made run behind
         raise
-    return _Session(cfg, options, run, manifest, data, trainer, rows=[], start_epoch=0)
+    return _Session(cfg, options, run, manifest, data, trainer, rows=[], start_epoch=0, log=log)
 
 
 def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter) -> _Session:
@@ -289,8 +297,13 @@ def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter)
     event = {"time": _now(), "event": "resumed", "from_epoch": start, "command": _command(options)}
     manifest.setdefault("events", []).append(event)
     reporter.info(f"resuming {options.out} from epoch {start} of {cfg.epochs}")
-    run.write_manifest(manifest)
-    return _Session(cfg, options, run, manifest, data, trainer, rows, start_epoch=start)
+    log = logs.open_log(cfg, run.path, manifest, start, reporter)  # continues the run's logs
+    try:
+        run.write_manifest(manifest)
+    except BaseException:
+        log.close("failed")
+        raise
+    return _Session(cfg, options, run, manifest, data, trainer, rows, start_epoch=start, log=log)
 
 
 # --------------------------------------------------------------------------- 3. the epochs
@@ -315,7 +328,8 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
                 trainer.precision,
             )
         last = epoch == cfg.epochs - 1
-        if cfg.test and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+        tested = cfg.test and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0))
+        if tested:
             row.update(evaluate_test(trainer.eval_model, data, trainer.device, trainer.precision))
         s.rows.append(row)
         # metrics, then the checkpoints, then the manifest that points at them: a resume keeps
@@ -329,6 +343,10 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
         s.manifest["final_metrics"] = _final_from_rows(s.rows, cfg.select)
         s.run.write_manifest(s.manifest)
         reporter.end_epoch(epoch + 1, cfg.epochs, row)
+        # --log last: experiment logs only ever hold epochs the run folder has committed
+        s.log.epoch(row)
+        if tested:
+            s.log.images(epoch + 1, trainer, data)
     return time.perf_counter() - t_start
 
 
@@ -340,11 +358,14 @@ def _complete(s: _Session, seconds: float) -> TrainResult:
         trainer = s.trainer
         model = trainer.eval_model
         model.load_state_dict(s.run.load_checkpoint(s.run.best_path)["model"])
-        chosen.update(evaluate_test(model, s.data, trainer.device, trainer.precision))
+        measured = evaluate_test(model, s.data, trainer.device, trainer.precision)
+        chosen.update(measured)
+        s.log.epoch({"epoch": chosen["epoch"], **measured})  # at the chosen epoch's step
         s.run.write_metrics(metric_columns(trainer.terms), s.rows)
         s.manifest["final_metrics"] = _final_from_rows(s.rows, s.cfg.select)
     s.manifest["train_seconds"] = round(float(s.manifest.get("train_seconds") or 0) + seconds, 2)
     _finish(s.run, s.manifest, "completed", None)
+    s.log.close("completed")  # never raises: a failing logger only warns
     final = s.manifest["final_metrics"]
     return _result(s.cfg, s.run.path, s.cfg.epochs, seconds, final)
 

@@ -98,6 +98,7 @@ SAMPLE = {
     "memory_budget": 6.5,
     "eval_every": 2,
     "test": False,
+    "log": "tensorboard,mlflow",
 }
 
 
@@ -210,3 +211,41 @@ def test_the_analysis_package_does_not_import_the_training_engine():
             elif isinstance(node, ast.Import):
                 names = {a.name for a in node.names}
                 assert not names & {"jadecli.engine", "jadecli.trainer"}, path
+
+
+def test_print_config_is_a_config_file_that_reads_back_to_the_same_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from jadecli.config import resolve_train_config
+
+    runner = CliRunner()
+    base = ["train", "--primary", "usps", "--n-labeled", "100", "--auxiliary", "mnist"]
+    own = tmp_path / "own.yaml"
+    own.write_text("epochs: 7\nmatch-weight: 2.5\n")
+    argv = [*base, "--preset", "paper", "--config", str(own), "--epochs", "5", "--print-config"]
+    argv += ["--out", str(tmp_path / "never")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "never").exists()  # nothing trained, no run folder
+    printed = yaml.safe_load(result.output)
+    # precedence: defaults < preset < file < flags
+    assert printed["arch"] == "paper" and printed["adam-beta1"] == 0.1  # the preset
+    assert printed["match-weight"] == 2.5  # the file over the preset's 1.0
+    assert printed["epochs"] == 5  # the flag over the file
+    assert list(printed) == [flag(f)[2:] for f in field_names(TrainConfig)]
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(result.output)
+    again = resolve_train_config({}, saved)
+    flags = {"primary": "usps", "n_labeled": 100, "auxiliary": "mnist", "epochs": 5}
+    direct = resolve_train_config(flags, own, "paper")
+    assert (
+        again.to_dict()
+        == direct.to_dict()
+        == {
+            **direct.to_dict(),
+            **{k.replace("-", "_"): v for k, v in printed.items()},
+        }
+    )
+    refused = runner.invoke(app, [*base, "--resume", "--out", str(tmp_path), "--print-config"])
+    assert refused.exit_code == 2
+    assert "--print-config" in refused.output and "Traceback" not in refused.output

@@ -1,8 +1,9 @@
 """Open a trained run for analysis: its checkpoint, model and datasets, and where to write.
 
-`open_run` is the one way in for `evaluate`, `inspect-latents` and `reconstruct`. It never
-writes to the run folder; `record` appends one entry to the manifest's `analyses` list (history
-is never rewritten), and `output_dir` names the folder a command writes its files into.
+`open_run` is the one way in for `evaluate`, `inspect-latents` and `reconstruct`; `open_model`
+is its first half (the model without the datasets, for `predict`). Neither writes to the run
+folder; `record` appends one entry to the manifest's `analyses` list (history is never
+rewritten), and `output_dir` names the folder a command writes its files into.
 
     python -c "from pathlib import Path; from jadecli.analysis.common import RunSource, open_run; \
 from jadecli.progress import PlainReporter; r = open_run(RunSource(Path('runs/quickstart')), \
@@ -20,7 +21,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -114,6 +115,36 @@ class LoadedRun:
         return f"-{self.checkpoint_path.stem}"
 
 
+class ModelSource(Protocol):
+    """Which run and checkpoint to load, and where to compute (RunSource and PredictConfig)."""
+
+    run: Path
+    checkpoint: Path | None
+    device: str
+    precision: str
+
+
+@dataclass
+class RunModel:
+    """A run's selected checkpoint, its model in eval mode on the device, without its data."""
+
+    run: RunDir
+    manifest: dict[str, Any]
+    status: str
+    cfg: TrainConfig
+    spec: ModelSpec
+    model: RoleModel
+    epoch: int
+    checkpoint_path: Path
+    device: torch.device
+    precision: str
+    classes: list[str] | None  # the primary's classes, as the checkpoint recorded them
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The run's forward-pass precision (bf16 autocast, or nothing for fp32)."""
+        return autocast(self.device, self.precision)
+
+
 def open_run(
     source: RunSource,
     reporter: Reporter,
@@ -124,6 +155,40 @@ def open_run(
 
     `need_decoder` names a command that only works on JADE runs; `check_spec` validates flags
     that depend on the model (both run before any data is loaded)."""
+    m = open_model(source, reporter, need_decoder, check_spec)
+    datasets = _load_datasets(m.cfg, m.manifest, source, reporter)
+    _check_datasets(datasets, m.classes, m.spec, m.manifest, m.checkpoint_path, reporter)
+    labeled, val_index = _labeled_index(m.run, m.cfg, datasets, reporter)
+    used: dict[str, torch.Tensor | None] = {PRIMARY: labeled}
+    if AUXILIARY in datasets:
+        used[AUXILIARY] = aux_used_index(m.cfg, datasets[AUXILIARY])
+    return LoadedRun(
+        source=source,
+        run=m.run,
+        manifest=m.manifest,
+        status=m.status,
+        cfg=m.cfg,
+        spec=m.spec,
+        model=m.model,
+        epoch=m.epoch,
+        checkpoint_path=m.checkpoint_path,
+        device=m.device,
+        datasets=datasets,
+        used_index=used,
+        val_index=val_index,
+        precision=m.precision,
+    )
+
+
+def open_model(
+    source: ModelSource,
+    reporter: Reporter,
+    need_decoder: str | None = None,
+    check_spec: Callable[[ModelSpec], None] | None = None,
+) -> RunModel:
+    """Read RUN's manifest and selected checkpoint (or `--checkpoint`) and rebuild its model on
+    the device, in the precision to compute in; the datasets are not touched (`jade predict`).
+    `need_decoder` and `check_spec` run before the weights are loaded, as in `open_run`."""
     run, manifest = RunDir.open(source.run, flag="RUN")
     status = str(manifest.get("status", "unknown"))
     ckpt_path = _checkpoint_path(source, run, manifest, status)
@@ -158,15 +223,8 @@ def open_run(
     trained = str(manifest.get("precision", "fp32"))
     precision = analysis_precision(source.precision, trained, device, reporter.warn)
     place_model(model, device).eval()  # channels-last: 2-4x faster convolutions on CPU
-
-    datasets = _load_datasets(cfg, manifest, source, reporter)
-    _check_datasets(datasets, state, spec, manifest, ckpt_path, reporter)
-    labeled, val_index = _labeled_index(run, cfg, datasets, reporter)
-    used: dict[str, torch.Tensor | None] = {PRIMARY: labeled}
-    if AUXILIARY in datasets:
-        used[AUXILIARY] = aux_used_index(cfg, datasets[AUXILIARY])
-    return LoadedRun(
-        source=source,
+    classes = state.get("classes")
+    return RunModel(
         run=run,
         manifest=manifest,
         status=status,
@@ -176,14 +234,14 @@ def open_run(
         epoch=epoch,
         checkpoint_path=ckpt_path,
         device=device,
-        datasets=datasets,
-        used_index=used,
-        val_index=val_index,
         precision=precision,
+        classes=list(map(str, classes)) if isinstance(classes, list) else None,
     )
 
 
-def _checkpoint_path(source: RunSource, run: RunDir, manifest: dict[str, Any], status: str) -> Path:
+def _checkpoint_path(
+    source: ModelSource, run: RunDir, manifest: dict[str, Any], status: str
+) -> Path:
     """`--checkpoint`, else the checkpoint the run selected (best.pt under --select best-val,
     else last.pt); a clear error when there is none."""
     if source.checkpoint is not None:
@@ -276,15 +334,14 @@ def _locate_folder(spec: str, recorded_root: Any, data_dir: str | None) -> str:
 
 def _check_datasets(
     datasets: dict[str, Dataset],
-    state: dict[str, Any],
+    classes: list[str] | None,
     spec: ModelSpec,
     manifest: dict[str, Any],
     ckpt_path: Path,
     reporter: Reporter,
 ) -> None:
     primary = datasets[PRIMARY]
-    classes = state.get("classes")
-    if isinstance(classes, list) and list(map(str, classes)) != primary.classes:
+    if classes is not None and classes != primary.classes:
         raise DataError(
             f"the primary dataset's classes ({', '.join(primary.classes)}) are not the classes "
             f"the checkpoint was trained on ({', '.join(map(str, classes))}); was the data "

@@ -47,16 +47,28 @@ class ImageSet:
         """Grey images repeated into `channels` identical channels."""
         if self.images.shape[1] == channels:
             return self
-        assert self.images.shape[1] == 1, "only grey images gain channels"
-        images = self.images.expand(-1, channels, -1, -1).contiguous()
-        return ImageSet(images, self.labels, dict(self.factors))
+        return ImageSet(expand_channels(self.images, channels), self.labels, dict(self.factors))
 
     def padded(self, pad: int) -> ImageSet:
         """The images with `pad` black pixels added on every side."""
         if pad == 0:
             return self
-        images = torch.nn.functional.pad(self.images, (pad, pad, pad, pad))
-        return ImageSet(images, self.labels, dict(self.factors))
+        return ImageSet(pad_images(self.images, pad), self.labels, dict(self.factors))
+
+
+def expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey uint8 (N, 1, H, W) images repeated into (N, channels, H, W) (one shared trunk)."""
+    if images.shape[1] == channels:
+        return images
+    assert images.shape[1] == 1, "only grey images gain channels"
+    return images.expand(-1, channels, -1, -1).contiguous()
+
+
+def pad_images(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """(N, C, H, W) images with `pad` black pixels on every side (`--primary-pad`)."""
+    if pad == 0:
+        return images
+    return torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (N, C, H + 2p, W + 2p)
 
 
 @dataclass

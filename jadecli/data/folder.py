@@ -70,9 +70,17 @@ def list_class_files(split_dir: Path) -> tuple[list[str], dict[str, list[Path]],
     return classes, files, skipped
 
 
+class UnreadableImage(DataError):
+    """A file with an image extension that does not decode; `reason` is Pillow's, one line."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot decode image {path} ({reason}); fix or remove the file")
+
+
 def _unreadable(path: Path, err: BaseException) -> DataError:
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return DataError(f"cannot decode image {path} ({reason}); fix or remove the file")
+    return UnreadableImage(path, reason)
 
 
 def _probe(path: Path) -> tuple[bool, tuple[int, int]]:
@@ -110,14 +118,23 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
+def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as an image-folder dataset holds it: uint8 (channels, H, W), resized to
+    `size` = (H, W) when given (else its own size). Training (`_fill`) and `jade predict` both
+    read files through this. A file that does not decode raises a DataError naming it."""
+    arr = _decode(path, grey=channels == 1)
+    if size is not None:
+        arr = _resize(arr, size)
+    h, w = arr.shape[:2]
+    if arr.ndim == 2:
+        return arr[None] if channels == 1 else np.broadcast_to(arr, (3, h, w))
+    return arr.transpose(2, 0, 1)  # (3, H, W), a view
+
+
 def _fill(out: np.ndarray, i: int, path: Path) -> None:
     """Decode image `i` straight into its slot of the preallocated (N, C, H, W) array."""
     channels, h, w = out.shape[1:]
-    arr = _resize(_decode(path, grey=channels == 1), (h, w))
-    if arr.ndim == 2:
-        out[i] = arr[None] if channels == 1 else np.broadcast_to(arr, (3, h, w))
-    else:
-        out[i] = arr.transpose(2, 0, 1)
+    out[i] = read_image(path, channels, (h, w))
 
 
 def _decode_all(paths: list[Path], shape: tuple[int, int, int], workers: int) -> torch.Tensor:

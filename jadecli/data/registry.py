@@ -4,7 +4,8 @@
 | --- | --- |
 | `mnist`, `fashion-mnist` | torchvision IDX files in `DIR/MNIST/raw`, `DIR/FashionMNIST/raw` |
 | `svhn` | `DIR/SVHN/{train,test}_32x32.mat` |
-| `usps`, `mnist-m` | image folders `DIR/USPS`, `DIR/MNIST-M` (the layout of shared/data) |
+| `usps` | image folders `DIR/USPS/{train,test}/<digit>/`, or torchvision's `DIR/USPS/usps.bz2` |
+| `mnist-m` | image folders `DIR/MNIST-M/{train,test}/<digit>/`, or the unpacked release |
 | `synth-street`, `synth-hand` | generated from a fixed seed, cached in `DIR/synth/` |
 | `folder:PATH` | your own image folders, `PATH/{train,test}/<class>/*` |
 """
@@ -16,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,15 @@ BUILTIN_NAMES = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", *SYNTH)
 
 def known_names() -> str:
     return ", ".join(BUILTIN_NAMES) + ", folder:PATH"
+
+
+def reads_image_files(spec: str, info: dict[str, Any]) -> bool:
+    """Whether dataset `spec` was decoded from image files, each resized by Pillow as it is
+    decoded (`folder.read_image`), rather than loaded as tensors resized as a whole
+    (`resize_images`). `info` is what the run recorded about it: USPS comes either way."""
+    if spec.startswith("folder:"):
+        return True
+    return spec in FOLDER_BUILTINS and info.get("format") != "torchvision"
 
 
 def load_dataset(
@@ -64,18 +75,26 @@ def load_dataset(
         from jadecli.data.torchvision_sets import load_svhn
 
         ds = load_svhn(data_dir, download, warn)
-    elif spec in FOLDER_BUILTINS:
-        root = data_dir / FOLDER_BUILTINS[spec]
-        if not (root / "train").is_dir():
-            raise DataError(
-                f"{spec}: expected the image folders {root}/train/<digit>/ and "
-                f"{root}/test/<digit>/ "
-                f"(as in shared/data/{FOLDER_BUILTINS[spec]}); point --data-dir at the folder "
-                f"that holds {FOLDER_BUILTINS[spec]}/, or use {flag} folder:PATH"
-            )
-        ds = load_image_folder(spec, root, size, warn, flag, budget)
+    elif spec in FOLDER_BUILTINS and (data_dir / FOLDER_BUILTINS[spec] / "train").is_dir():
+        ds = load_image_folder(spec, data_dir / FOLDER_BUILTINS[spec], size, warn, flag, budget)
         ds.name = spec
         return ds
+    elif spec == "usps":  # torchvision's usps.bz2 / usps.t.bz2, fetched with --download
+        from jadecli.data.published import load_usps_files
+
+        ds = load_usps_files(data_dir / "USPS", download, warn)
+    elif spec == "mnist-m":
+        from jadecli.data.published import load_mnistm_release, mnistm_release_dir
+
+        root = data_dir / "MNIST-M"
+        if mnistm_release_dir(root) is None:
+            raise DataError(
+                f"mnist-m: expected the image folders {root}/train/<digit>/ and "
+                f"{root}/test/<digit>/, or the unpacked MNIST-M release ({root}/mnist_m_train/ "
+                "and mnist_m_train_labels.txt, the same for test); point --data-dir at the "
+                f"folder that holds MNIST-M/, or use {flag} folder:PATH"
+            )
+        return load_mnistm_release(root, size, flag, budget)
     elif spec in SYNTH:
         ds = load_synth(spec, data_dir, warn)
     else:
@@ -90,16 +109,18 @@ def load_dataset(
     return ds
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of uint8 (N, C, H, W) images to (N, C, size, size)."""
-    if images.shape[-2:] == (size, size):
+def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of uint8 (N, C, H, W) images to (N, C, size, size), or to
+    (N, C, H', W') for `size` = (H', W')."""
+    sh, sw = (size, size) if isinstance(size, int) else size
+    if images.shape[-2:] == (sh, sw):
         return images
     n, c, h, w = images.shape
-    out = torch.empty((n, c, size, size), dtype=torch.uint8)  # the result, allocated once
-    step = max(1, 2**24 // (c * max(h * w, size * size)))  # float temporaries of ~64 MB
+    out = torch.empty((n, c, sh, sw), dtype=torch.uint8)  # the result, allocated once
+    step = max(1, 2**24 // (c * max(h * w, sh * sw)))  # float temporaries of ~64 MB
     for i in range(0, n, step):
         chunk = images[i : i + step].float()
-        x = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True)
+        x = F.interpolate(chunk, size=(sh, sw), mode="bilinear", antialias=True)
         out[i : i + step] = x.round().clamp(0, 255).to(torch.uint8)
     return out
 

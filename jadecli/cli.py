@@ -11,6 +11,7 @@ Every problem a user can fix surfaces as `error: <one line>` on stderr and a non
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -54,7 +55,8 @@ class JadeGroup(TyperGroup):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except JadeError as err:
-            typer.echo(f"error: {err}", err=True)
+            if err.quiet is False or (err.quiet is None and not _secondary_rank()):
+                typer.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
         except typer.Abort:
             typer.echo("aborted", err=True)
@@ -68,9 +70,18 @@ class JadeGroup(TyperGroup):
                 sys.exit(err.exit_code)
             ctx = getattr(err, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {err.format_message()}{hint}", err=True)
+            if not _secondary_rank():
+                typer.echo(f"error: {err.format_message()}{hint}", err=True)
             sys.exit(err.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _secondary_rank() -> bool:
+    """A torchrun process other than rank 0: it leaves reporting to rank 0."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
 
 
 app = typer.Typer(
@@ -319,6 +330,8 @@ def train(
         cfg = resolve_train_config(flags, config, preset)
         options = engine.RunOptions(out or _default_out(cfg), overwrite, _argv(ctx))
         result = engine.train(cfg, options, make_reporter(progress))
+    if result.rank != 0:  # under torchrun rank 0 reports
+        return
     if result.already_complete:
         typer.echo(
             f"{result.run_dir} already completed {result.epochs_completed} epochs; nothing to "

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jadecli import __version__, logs
+from jadecli import __version__, distributed, logs
 from jadecli.compute import (
     configure_allocator,
     configure_threads,
@@ -49,6 +49,7 @@ from jadecli.compute import (
 from jadecli.config import RESUME_OVERRIDABLE, TrainConfig, field_names, flag
 from jadecli.data.core import default_data_dir
 from jadecli.data.pair import TrainData, training_data
+from jadecli.distributed import Dist
 from jadecli.errors import (
     Interrupted,
     JadeError,
@@ -59,13 +60,14 @@ from jadecli.errors import (
     UsageError,
 )
 from jadecli.model import PRIMARY
-from jadecli.progress import Reporter
+from jadecli.progress import NullReporter, Reporter
 from jadecli.run import (
     BEST,
     CHECKPOINT_DIR,
     LABELED,
     LAST,
     SCHEMA_VERSION,
+    PeerRun,
     RunDir,
     check_new_run_target,
 )
@@ -95,6 +97,7 @@ class TrainResult:
     primary: str
     auxiliary: str | None  # None for a single classifier
     already_complete: bool = False  # resumed a run that had nothing left to do
+    rank: int = 0  # under torchrun only rank 0 reports
 
 
 @dataclass
@@ -111,6 +114,7 @@ class _Session:
     start_epoch: int  # epochs done when the session started
     epoch: int = 0  # the epoch in progress (0-based)
     log: logs.ExperimentLog = field(default_factory=logs.ExperimentLog)  # --log
+    dist: Dist = field(default_factory=Dist)  # this process's place under torchrun
 
 
 @dataclass
@@ -127,10 +131,18 @@ class _Restored:
 
 
 def train(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> TrainResult:
-    """Train a new run as `cfg` says and leave a complete run folder at `options.out`."""
-    check_new_run_target(options.out, options.overwrite)  # fail before the slow part
-    logs.check_available(cfg.log)  # a missing extra, before anything is written
-    return _session(reporter, lambda: _start_new(cfg, options, reporter))
+    """Train a new run as `cfg` says and leave a complete run folder at `options.out`. Under
+    torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes the run folder."""
+    with _group(cfg.device) as d:
+        reporter = reporter if d.main else NullReporter()
+
+        def check() -> None:
+            _check_world(cfg, d)
+            check_new_run_target(options.out, options.overwrite)  # fail before the slow part
+            logs.check_available(cfg.log)  # a missing extra, before anything is written
+
+        distributed.agree(check, d)
+        return _session(reporter, lambda: _start_new(cfg, options, reporter, d), d)
 
 
 def resume(options: RunOptions, changes: dict[str, Any], reporter: Reporter) -> TrainResult:
@@ -142,17 +154,61 @@ def resume(options: RunOptions, changes: dict[str, Any], reporter: Reporter) -> 
     schedule ended with."""
     if options.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; pass one of them")
-    restored = _restore(options.out, changes)
-    done = int(restored.state["epoch"])
-    if done == restored.cfg.epochs:
-        return _already_complete(restored)
-    if done > restored.cfg.epochs:
-        raise UsageError(
-            f"--epochs {restored.cfg.epochs}: the run in {options.out} already has {done} "
-            "epochs; pass a larger --epochs to continue it"
+    device = str(changes.get("device") or "auto")
+    with _group(device) as d:
+        reporter = reporter if d.main else NullReporter()
+
+        def check() -> tuple[_Restored, TrainResult | None]:
+            restored = _restore(options.out, changes)
+            _check_world(restored.cfg, d)
+            done = int(restored.state["epoch"])
+            if done == restored.cfg.epochs:
+                return restored, _already_complete(restored)
+            if done > restored.cfg.epochs:
+                raise UsageError(
+                    f"--epochs {restored.cfg.epochs}: the run in {options.out} already has "
+                    f"{done} epochs; pass a larger --epochs to continue it"
+                )
+            logs.check_available(restored.cfg.log)
+            return restored, None
+
+        # rank 0 reads the run folder; every rank gets its config and checkpoint from it
+        restored, complete = distributed.agree(check, d)
+        if complete is not None:
+            return replace(complete, rank=d.rank)
+        if not d.main:
+            restored = replace(restored, run=PeerRun(restored.run.path, d.rank))
+        return _session(reporter, lambda: _start_resumed(restored, options, reporter, d), d)
+
+
+@contextlib.contextmanager
+def _group(device: str) -> Iterator[Dist]:
+    """This process's place under torchrun: joins the process group for the session (NCCL on
+    GPUs, gloo on CPUs) and leaves it afterwards; rank 0 of 1 without torchrun."""
+    d = distributed.from_env()
+    if d.enabled:
+        d = distributed.join(d, resolve_device(distributed.rank_device(device, d)))
+    try:
+        yield d
+    except BaseException as err:
+        if not distributed.is_comm_error(err):
+            raise
+        # a peer stopped while rank 0 was checking the run folder (the session maps later ones)
+        error = distributed.PeerFailed(
+            f"another torchrun process stopped before training started ({_one_line(err)}); "
+            "its own message, if any, is above; nothing was written"
         )
-    logs.check_available(restored.cfg.log)
-    return _session(reporter, lambda: _start_resumed(restored, options, reporter))
+        raise distributed.quiet(error, 1, loud=d.main) from None
+    finally:
+        distributed.leave(d)
+
+
+def _check_world(cfg: TrainConfig, d: Dist) -> None:
+    if cfg.batch_size < d.world_size:
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is the global batch, shared by the {d.world_size} "
+            f"torchrun processes; use at least --batch-size {d.world_size}"
+        )
 
 
 def _already_complete(restored: _Restored) -> TrainResult:
@@ -170,7 +226,7 @@ def _already_complete(restored: _Restored) -> TrainResult:
     return _result(cfg, run.path, cfg.epochs, 0.0, final, already_complete=True)
 
 
-def _session(reporter: Reporter, start: Callable[[], _Session]) -> TrainResult:
+def _session(reporter: Reporter, start: Callable[[], _Session], d: Dist) -> TrainResult:
     """Start a session and train it to the end; any way out is mapped by `_failure`."""
     session: _Session | None = None
     with _signals_as_interrupts() as signals:
@@ -181,14 +237,26 @@ def _session(reporter: Reporter, start: Callable[[], _Session]) -> TrainResult:
             return _complete(session, seconds)
         except BaseException as err:
             signals.armed = False
-            error = _failure(session, err)
+            error = _failure(session, err, d)
             if session is not None:  # after _failure: the manifest the log keeps is the final one
                 session.log.close(str(session.manifest.get("status")))
             if error is None:
                 raise
+            if not d.main:  # rank 0 reports what every rank saw; a rank its own failure
+                error.quiet = not _own_failure(err)
             raise error from None
         finally:
             reporter.close()
+
+
+def _own_failure(err: BaseException) -> bool:
+    """Whether a rank other than 0 must report `err` itself: an error only it met (a crash, an
+    unexpected error). Signals, divergence (checked on all ranks at once), lost peers and errors
+    rank 0 already reported are said by rank 0."""
+    shared = (KeyboardInterrupt, _Terminated, Diverged, UsageError)
+    if isinstance(err, shared) or distributed.is_comm_error(err):
+        return False
+    return not (isinstance(err, JadeError) and err.quiet)
 
 
 # --------------------------------------------------------------------------- 1. open
@@ -237,10 +305,23 @@ def _resumed_config(
 
 
 def _prepare(
-    cfg: TrainConfig, reporter: Reporter, resumed: bool = False
+    cfg: TrainConfig, reporter: Reporter, d: Dist, resumed: bool = False
 ) -> tuple[TrainConfig, TrainData, Trainer]:
-    """Device, precision, data and trainer of a session (the slow part of starting)."""
-    device = resolve_device(cfg.device)
+    """Device, precision, data and trainer of a session (the slow part of starting). Under
+    torchrun every rank prepares its own and they compare notes before going on (`check_all`)."""
+    try:
+        prepared = _prepare_rank(cfg, reporter, d, resumed)
+    except JadeError as err:
+        distributed.check_all(err, d)
+        raise
+    distributed.check_all(None, d)
+    return prepared
+
+
+def _prepare_rank(
+    cfg: TrainConfig, reporter: Reporter, d: Dist, resumed: bool
+) -> tuple[TrainConfig, TrainData, Trainer]:
+    device = resolve_device(distributed.rank_device(cfg.device, d))
     precision = resolve_precision(cfg.precision, device, reporter.warn)
     configure_threads()
     configure_allocator()
@@ -249,16 +330,21 @@ def _prepare(
     data = training_data(cfg, reporter)
     # record what the defaults chose: the size for --arch shared, the style mixing
     cfg = replace(cfg, primary_size=data.primary_size, style_mix=data.style_mix)
-    trainer = Trainer(cfg, data, device, precision, resumed)
+    trainer = Trainer(cfg, data, device, precision, resumed, d)
     if cfg.device == "auto" or cfg.precision == "auto":
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
         reporter.info(f"device: {device}, precision {precision}{threads}")
     return cfg, data, trainer
 
 
-def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Session:
-    cfg, data, trainer = _prepare(cfg, reporter)
+def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter, d: Dist) -> _Session:
+    cfg, data, trainer = _prepare(cfg, reporter, d)
+    trainer.distribute()
     manifest = _new_manifest(cfg, options, data, trainer)
+    manifest["distributed"] = d.describe(distributed.gather(str(trainer.device), d))
+    if not d.main:
+        run: RunDir = PeerRun(options.out, d.rank)
+        return _Session(cfg, options, run, manifest, data, trainer, [], start_epoch=0, dist=d)
     run = RunDir.create(options.out, options.overwrite)
     log = logs.ExperimentLog()
     try:
@@ -275,12 +361,16 @@ def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> _Se
         log.close("failed")
         run.discard()  # nothing was trained yet: leave no half-made run behind
         raise
-    return _Session(cfg, options, run, manifest, data, trainer, rows=[], start_epoch=0, log=log)
+    return _Session(cfg, options, run, manifest, data, trainer, [], 0, log=log, dist=d)
 
 
-def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter) -> _Session:
-    cfg, data, trainer = _prepare(restored.cfg, reporter, resumed=True)
+def _start_resumed(
+    restored: _Restored, options: RunOptions, reporter: Reporter, d: Dist
+) -> _Session:
+    cfg, data, trainer = _prepare(restored.cfg, reporter, d, resumed=True)
     start = trainer.load_state(restored.state)
+    trainer.distribute()
+    devices = distributed.gather(str(trainer.device), d)
     run, manifest = restored.run, restored.manifest
     rows = [r for r in run.read_metrics() if int(r["epoch"]) <= start]
     manifest.update(
@@ -292,18 +382,21 @@ def _start_resumed(restored: _Restored, options: RunOptions, reporter: Reporter)
         threads=torch.get_num_threads(),
         ended_at=None,
         error=None,
+        distributed=d.describe(devices),
     )
     manifest.setdefault("training", {})["total_steps"] = trainer.steps_per_epoch * cfg.epochs
     event = {"time": _now(), "event": "resumed", "from_epoch": start, "command": _command(options)}
     manifest.setdefault("events", []).append(event)
     reporter.info(f"resuming {options.out} from epoch {start} of {cfg.epochs}")
+    if not d.main:
+        return _Session(cfg, options, run, manifest, data, trainer, rows, start, dist=d)
     log = logs.open_log(cfg, run.path, manifest, start, reporter)  # continues the run's logs
     try:
         run.write_manifest(manifest)
     except BaseException:
         log.close("failed")
         raise
-    return _Session(cfg, options, run, manifest, data, trainer, rows, start_epoch=start, log=log)
+    return _Session(cfg, options, run, manifest, data, trainer, rows, start, log=log, dist=d)
 
 
 # --------------------------------------------------------------------------- 3. the epochs
@@ -326,11 +419,13 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
                 val.labels,
                 trainer.device,
                 trainer.precision,
+                s.dist,
             )
         last = epoch == cfg.epochs - 1
         tested = cfg.test and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0))
         if tested:
-            row.update(evaluate_test(trainer.eval_model, data, trainer.device, trainer.precision))
+            model, device, precision = trainer.eval_model, trainer.device, trainer.precision
+            row.update(evaluate_test(model, data, device, precision, s.dist))
         s.rows.append(row)
         # metrics, then the checkpoints, then the manifest that points at them: a resume keeps
         # the metrics rows up to the checkpoint's epoch, so a failed write never desyncs them
@@ -352,7 +447,8 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
 
 def _complete(s: _Session, seconds: float) -> TrainResult:
     chosen = _selected_row(s.rows, s.cfg.select)
-    if s.cfg.test and chosen is not None and _num(chosen.get("test_acc_primary")) is None:
+    measure = s.cfg.test and chosen is not None and _num(chosen.get("test_acc_primary")) is None
+    if measure and s.dist.main and chosen is not None:
         # --select best-val with --eval-every != 1: the chosen epoch's test accuracy is measured
         # now, from its checkpoint, and filled into its own row
         trainer = s.trainer
@@ -367,7 +463,7 @@ def _complete(s: _Session, seconds: float) -> TrainResult:
     _finish(s.run, s.manifest, "completed", None)
     s.log.close("completed")  # never raises: a failing logger only warns
     final = s.manifest["final_metrics"]
-    return _result(s.cfg, s.run.path, s.cfg.epochs, seconds, final)
+    return replace(_result(s.cfg, s.run.path, s.cfg.epochs, seconds, final), rank=s.dist.rank)
 
 
 def _result(
@@ -454,14 +550,27 @@ def _signals_as_interrupts() -> Iterator[_Signals]:
             signal.signal(s, handler)
 
 
-def _failure(s: _Session | None, err: BaseException) -> JadeError | None:
+def _failure(s: _Session | None, err: BaseException, d: Dist) -> JadeError | None:
     """The one place a session's exception becomes the run's status (`failed` or
     `interrupted`) and the one-line error the user sees; None: re-raise `err` as it is."""
+    lost = distributed.is_comm_error(err)
+    if lost and s is None:
+        return distributed.PeerFailed(
+            f"another torchrun process stopped before training started ({_one_line(err)}); "
+            "its own message, if any, is above; nothing was written"
+        )
     if isinstance(err, (KeyboardInterrupt, _Terminated)):
         ctrl_c = isinstance(err, KeyboardInterrupt)
         cls, how = (Interrupted, "interrupted") if ctrl_c else (Terminated, "terminated (SIGTERM)")
         if s is None:
             return cls(f"{how} before training started; nothing was written")
+        if d.enabled and not ctrl_c:  # under torchrun, SIGTERM is how a peer's exit reaches us
+            message = (
+                f"stopped by SIGTERM during epoch {s.epoch + 1}: torchrun stops every process "
+                "this way when one of them exits (or when torchrun itself is stopped); that "
+                f"process's own message, if any, is above; {_kept(s)}; {_again(s)}"
+            )
+            return cls(message + _finish(s.run, s.manifest, "failed", message))
         message = f"{how} during epoch {s.epoch + 1}; {_saved(s)}; {_again(s)}"
         return cls(message + _finish(s.run, s.manifest, "interrupted", message))
     if s is None:
@@ -473,6 +582,11 @@ def _failure(s: _Session | None, err: BaseException) -> JadeError | None:
             f"training diverged at {where}, step {step} (step {err.step + 1} overall): "
             f"{err.what}; {_kept(s)}; try a lower --lr or --grad-clip"
         )
+    elif lost:
+        message = (
+            f"another torchrun process stopped or lost contact in {where} ({_one_line(err)}); "
+            f"its own message, if any, is above; {_kept(s)}; {_again(s)}"
+        )
     elif isinstance(err, StorageError):
         message = (
             f"{err}: training stopped in {where}; {_kept(s)}; free some space or fix the "
@@ -482,7 +596,8 @@ def _failure(s: _Session | None, err: BaseException) -> JadeError | None:
         note = _finish(s.run, s.manifest, "failed", str(err))
         return TrainingFailed(f"{err}{note}") if note else err
     elif isinstance(err, Exception):
-        message = f"training crashed in {where} ({_one_line(err)}); {_log(s.run, err)}"
+        rank = f"rank {d.rank} of {d.world_size}: " if d.enabled else ""
+        message = f"{rank}training crashed in {where} ({_one_line(err)}); {_log(s.run, err)}"
     else:  # SystemExit and the like: record it, let it through
         _finish(s.run, s.manifest, "failed", _one_line(err))
         return None

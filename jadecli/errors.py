@@ -14,6 +14,10 @@ class JadeError(Exception):
     """A problem the user can fix: one line that says what is wrong and what to do."""
 
     exit_code: int = 1
+    # Under torchrun one rank reports each failure, the others exit with its code, silently:
+    # True never prints, False always prints, None (the default) prints on rank 0 only (every
+    # rank parses the same command line and meets the same bad flag).
+    quiet: bool | None = None
 
 
 class UsageError(JadeError):

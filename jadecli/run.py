@@ -276,6 +276,38 @@ class RunDir:
         return state
 
 
+class PeerRun(RunDir):
+    """The run folder as a rank other than 0 sees it under torchrun: rank 0 writes the run, this
+    rank writes nothing to it and reads no metrics from it (the folder may be on another
+    machine). An unexpected error's details go to `error-rank<k>.log` when the folder is here."""
+
+    def __init__(self, path: Path, rank: int):
+        super().__init__(path)
+        self.rank = rank
+
+    def discard(self) -> None:
+        pass
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        pass
+
+    def write_metrics(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        return []
+
+    def write_labeled_indices(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any], path: Path | None = None) -> None:
+        pass
+
+    def write_text(self, name: str, text: str) -> Path:
+        stem, dot, suffix = name.partition(".")
+        return super().write_text(f"{stem}-rank{self.rank}{dot}{suffix}", text)
+
+
 class _ManifestDumper(yaml.SafeDumper):
     """Block style, except short lists of plain values ([1, 28, 28]) which stay on one line."""
 

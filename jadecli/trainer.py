@@ -18,18 +18,19 @@ torch.device('cpu')); print(t.run_epoch(0, PlainReporter()))"
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from jadecli.augment import Augment, augment, style_mix
 from jadecli.compute import (
     EVAL_BATCH,
     autocast,
-    input_batches,
     make_optimizer,
     place_model,
     to_input,
@@ -37,6 +38,7 @@ from jadecli.compute import (
 from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.data.sampling import IndexStream, PairSampler, derive_seed
+from jadecli.distributed import Dist, all_sum, average_buffers, share
 from jadecli.errors import UsageError
 from jadecli.model import (
     AUXILIARY,
@@ -114,32 +116,44 @@ def accuracy(
     labels: torch.Tensor,
     device: torch.device,
     precision: str = "fp32",
+    dist: Dist | None = None,
 ) -> float:
     """Accuracy of `model.classify(role, .)` in eval mode, on the same input path, batch size
-    and precision as `jade evaluate`."""
+    and precision as `jade evaluate`. Under torchrun (`dist`) rank r scores batches r, r + W,
+    ... and the counts are summed: the same batches, so the same accuracy, as one process."""
+    d = dist or Dist()
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     with autocast(device, precision):
-        for start, x in input_batches(images, device, EVAL_BATCH):  # (B, C, H, W)
+        for start in range(d.rank * EVAL_BATCH, len(images), d.world_size * EVAL_BATCH):
+            x = to_input(images[start : start + EVAL_BATCH], device)  # (B, C, H, W)
             y = labels[start : start + EVAL_BATCH].to(device, non_blocking=True)
             correct += (model.classify(role, x).argmax(1) == y).sum()
     model.train(was_training)
-    return int(correct) / max(len(images), 1)
+    return int(all_sum(correct, d)) / max(len(images), 1)
 
 
 def evaluate_test(
-    model: RoleModel, data: TrainData, device: torch.device, precision: str
+    model: RoleModel,
+    data: TrainData,
+    device: torch.device,
+    precision: str,
+    dist: Dist | None = None,
 ) -> dict[str, float | None]:
     """Test accuracy of both datasets (the auxiliary's None without one)."""
     test = data.primary.test
     out: dict[str, float | None] = {
-        "test_acc_primary": accuracy(model, PRIMARY, test.images, test.labels, device, precision),
+        "test_acc_primary": accuracy(
+            model, PRIMARY, test.images, test.labels, device, precision, dist
+        ),
         "test_acc_aux": None,
     }
     if data.auxiliary is not None:
         at = data.auxiliary.test
-        out["test_acc_aux"] = accuracy(model, AUXILIARY, at.images, at.labels, device, precision)
+        out["test_acc_aux"] = accuracy(
+            model, AUXILIARY, at.images, at.labels, device, precision, dist
+        )
     return out
 
 
@@ -211,6 +225,18 @@ def load_init_weights(model: RoleModel, path: str) -> None:
         raise UsageError(str(err)) from None
 
 
+class _TrainStep(nn.Module):
+    """`forward_train` as a module's forward: DistributedDataParallel synchronises gradients
+    only for what goes through the forward of the module it wraps."""
+
+    def __init__(self, model: RoleModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> Any:
+        return self.model.forward_train(x_aux, x_primary)
+
+
 class Trainer:
     """The model, optimiser and batches of one run; trains it an epoch at a time."""
 
@@ -221,10 +247,14 @@ class Trainer:
         device: torch.device,
         precision: str = "fp32",
         resumed: bool = False,
+        dist: Dist | None = None,
     ):
         """`resumed`: the weights will come from the run's checkpoint, so `--init-weights` is
-        not read (the file may be gone)."""
+        not read (the file may be gone). `dist`: this process's place under torchrun; call
+        `distribute()` once every rank has built its trainer."""
         self.cfg, self.data, self.device, self.precision = cfg, data, device, precision
+        self.dist = dist or Dist()
+        # the module a step runs: the model, or its DistributedDataParallel wrapper (distribute)
         self.spec = model_spec(cfg, data)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = build_model(self.spec)
@@ -233,6 +263,7 @@ class Trainer:
         if not resumed and cfg.init_weights is not None:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
+        self.step_module: nn.Module = _TrainStep(self.model)  # DDP-wrapped by distribute()
         # --ema: a moving average of the weights, what is evaluated and saved as "model"
         self.ema_model: RoleModel | None = None
         if cfg.ema > 0:
@@ -271,6 +302,23 @@ class Trainer:
         # CPU: check every step for a non-finite loss (free); GPU: batch the checks to avoid a
         # host sync per step; a divergence is still pinned to its exact step.
         self.check_every = 1 if device.type == "cpu" else 25
+
+    def distribute(self) -> None:
+        """Wrap the step in DistributedDataParallel (a collective: every rank calls it, after
+        loading any checkpoint; rank 0's weights are broadcast to the others). Buffers are not
+        broadcast each step: BatchNorm normalises each rank's share with its own statistics and
+        `run_epoch` averages the running statistics at the end of the epoch."""
+        if not self.dist.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # buffers are not synchronised at each forward (the deprecated flag on older torch)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        self.step_module = DistributedDataParallel(
+            _TrainStep(self.model), device_ids=ids, **{sync: False}
+        )
 
     @property
     def eval_model(self) -> RoleModel:
@@ -353,7 +401,7 @@ class Trainer:
         # Forward in the run's precision (bf16 autocast: convs and matmuls only); every loss
         # term is computed from fp32 casts of the outputs.
         with autocast(self.device, self.precision):
-            out = self.model.forward_train(xa, xp)
+            out = self.step_module(xa, xp)
         terms = self.model.loss_terms(out, xa, xp, y)
         total = weighted_total(terms, self.weights)
         ok_a = None if out.logits_aux is None else (out.logits_aux.argmax(1) == y).sum()
@@ -371,8 +419,11 @@ class Trainer:
         """Train epoch `epoch` (0-based); returns its metrics row (without test accuracy)."""
         cfg = self.cfg
         # Reseed per epoch: dropout and latent noise then depend only on (seed, epoch), so a
-        # resumed run repeats exactly what the uninterrupted run would have done.
-        torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+        # resumed run repeats exactly what the uninterrupted run would have done. Under torchrun
+        # each rank draws its own noise, from (seed, epoch, rank).
+        d = self.dist
+        rank_part = ("rank", d.rank) if d.enabled else ()
+        torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch, *rank_part))
         order = self._order(epoch)
         reporter.start_epoch(epoch + 1, cfg.epochs, self.steps_per_epoch, self.unit)
         self.model.train()
@@ -392,9 +443,16 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             lo, hi = step * cfg.batch_size, min((step + 1) * cfg.batch_size, self.epoch_size)
+            if hi - lo < d.world_size:  # under torchrun a last step too small to share: skipped
+                continue
+            # this rank's share of the global batch; its loss weighted by its share, so that
+            # DDP's average of the ranks' gradients is the gradient of the whole batch's mean
+            s_lo, s_hi = share(hi - lo, d)
+            scale = (s_hi - s_lo) * d.world_size / (hi - lo)
+            lo, hi = lo + s_lo, lo + s_hi
             total, terms, ok_p, ok_a = self.batch_loss(tuple(o[lo:hi] for o in order))
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (total * scale if d.enabled else total).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             record = torch.stack(
                 [
@@ -418,6 +476,17 @@ class Trainer:
             if step % 10 == 9 or step == self.steps_per_epoch - 1:
                 elapsed = time.perf_counter() - t0
                 reporter.update(step + 1, float(sums[n_terms]) / seen, seen / max(elapsed, 1e-9))
+        if pending:  # the last step was too small to share: check the steps before it
+            self._check_finite(pending, (epoch + 1) * self.steps_per_epoch - 1 - len(pending))
+        if d.enabled:  # the epoch's sums over all ranks; one set of BatchNorm statistics
+            counts = torch.tensor([seen, int(correct_p), int(correct_a)], device=self.device)
+            all_sum(sums, d)
+            seen, n_p, n_a = (int(v) for v in all_sum(counts, d).tolist())
+            correct_p.fill_(n_p)
+            correct_a.fill_(n_a)
+            average_buffers(self.model, d)
+            if self.ema_model is not None:
+                average_buffers(self.ema_model, d)
         seconds = time.perf_counter() - t0
         means = (sums / max(seen, 1)).tolist()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": means[n_terms]}
@@ -429,7 +498,9 @@ class Trainer:
         return row
 
     def _check_finite(self, pending: list[torch.Tensor], first_step: int) -> None:
-        block = torch.stack(pending)  # (steps, n_terms + 2)
+        # under torchrun summed over the ranks: a non-finite term on any rank stops every rank
+        # at the same step, before its update, and each names the same term
+        block = all_sum(torch.stack(pending), self.dist)  # (steps, n_terms + 2)
         finite = torch.isfinite(block)
         if bool(finite.all()):
             return

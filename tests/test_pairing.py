@@ -191,6 +191,9 @@ MANIFEST = {
     "events.[].event": "str",
     "events.[].command": "str",
     "train_seconds": "float",
+    "distributed.world_size": "int",  # 1 without torchrun
+    "distributed.backend": "NoneType",  # "gloo", "cpu:gloo,cuda:nccl" under torchrun
+    "distributed.devices": "list",
 }
 SYNTH_INFO = {"generator_version", "style_factors", "categorical_factors", "factor_levels"}
 

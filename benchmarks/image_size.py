@@ -54,6 +54,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from jadecli.summarize import mean_std
+
 REPO = Path(__file__).resolve().parent.parent
 MARKER = ".complete"
 AUX_PER_CLASS = 4500  # the paper's auxiliary set: the first 4,500 MNIST training images per class
@@ -529,14 +531,6 @@ def torch_version(records: list[Record]) -> str:
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def mean_std(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def verdict(diffs: list[float]) -> str:

@@ -180,20 +180,26 @@ def test_resume_with_another_world_size(ddp_run, tmp_path):
     assert [e["event"] for e in m["events"]].count("resumed") == 2
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_run_cleanly(synth_dir, tmp_path):
-    out = tmp_path / "run"
-    result = torchrun(train_args(synth_dir, out, epochs=3), env={"JADE_TEST_KILL": "1:2"})
+def failed_in_epoch_2(result: subprocess.CompletedProcess, out: Path) -> tuple[str, dict]:
+    """The one error line of a torchrun run that failed in epoch 2, and its kept checkpoint."""
     assert result.returncode != 0
     lines = errors(result.stderr)
     assert len(lines) == 1, result.stderr[-3000:]
-    # torchrun stops the other rank with SIGTERM; a collective may notice the loss first
-    assert "torchrun stops every process" in lines[0] or "another torchrun process" in lines[0]
-    assert "kept the last good checkpoint" in lines[0] and "(epoch 1)" in lines[0]
     m = manifest(out)
     assert m["status"] == "failed" and m["epochs_completed"] == 1
     state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1
+    return lines[0], state
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_cleanly(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    result = torchrun(train_args(synth_dir, out, epochs=3), env={"JADE_TEST_KILL": "1:2"})
+    line, _ = failed_in_epoch_2(result, out)
+    # torchrun stops the other rank with SIGTERM; a collective may notice the loss first
+    assert "torchrun stops every process" in line or "another torchrun process" in line
+    assert "kept the last good checkpoint" in line and "(epoch 1)" in line
     # and it resumes, here as one process
     again = jade(["train", "--out", str(out), "--resume", "--no-progress"])
     assert again.returncode == 0, again.stderr[-3000:]
@@ -205,13 +211,8 @@ def test_a_diverging_rank_stops_every_rank_with_one_message(synth_dir, tmp_path)
     out = tmp_path / "run"
     # 4 steps per epoch: rank 1's 6th step is epoch 2, step 2
     result = torchrun(train_args(synth_dir, out, epochs=3), env={"JADE_TEST_NAN": "1:6"})
-    assert result.returncode != 0
-    lines = errors(result.stderr)
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "diverged at epoch 2, step 2" in lines[0] and "kl_match = nan" in lines[0]
-    m = manifest(out)
-    assert m["status"] == "failed" and m["epochs_completed"] == 1
-    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    line, state = failed_in_epoch_2(result, out)
+    assert "diverged at epoch 2, step 2" in line and "kl_match = nan" in line
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

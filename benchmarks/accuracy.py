@@ -1,7 +1,7 @@
 """The real-data accuracy matrix: dataset pairs x models (single, paired, jade) x seeds, each a
 real `jade train` run through the CLI, rendered as one markdown table.
 
-    python benchmarks/accuracy.py --data-dir ../shared/data --out benchmarks/results/accuracy.md
+    python -m benchmarks.accuracy --data-dir DATA_DIR --out benchmarks/results/accuracy.md
 
 Every number is read back from the run's manifest.yaml (its last epoch: nothing is selected on
 test data). Runs go to --runs (default runs/accuracy/<pair>-<model>-seed<S>); with --reuse, a
@@ -44,10 +44,7 @@ from typing import Any
 
 import yaml
 
-# benchmarks/stats.py, beside this script; mean_std stays importable from here (batch_norm.py)
-from stats import format_ci, format_p, paired_ci, verdict
-from stats import mean_std as mean_std
-
+from benchmarks.stats import format_ci, format_p, paired_ci, verdict
 from jadecli.summarize import RunRecord, group_runs
 
 MODELS = ("single", "paired", "jade")
@@ -350,7 +347,7 @@ def render(
         )
     lines.append("")
     lines.append(
-        "Command: `python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in _argv()) + "`"
+        "Command: `python -m benchmarks.accuracy " + " ".join(shlex.quote(a) for a in _argv()) + "`"
     )
     lines.append("")
     for pair in pairs:

@@ -5,7 +5,7 @@ Trains (or, with --reuse, reads) `jade train` runs through `benchmarks/accuracy.
 primary and auxiliary test accuracy after the last epoch, and the per-seed differences
 (same seed, same labeled subset).
 
-    python benchmarks/batch_norm.py --data-dir ../shared/data --pairs mnistm10,usps10 \
+    python -m benchmarks.batch_norm --data-dir DATA_DIR --pairs mnistm10,usps10 \
         --models paired,jade --seeds 0,1,2 --out benchmarks/results/batch_norm.md
 
 Nothing is chosen on test data: both arms run the default recipe to its last epoch.
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from accuracy import mean_std  # benchmarks/accuracy.py, beside this script
+from jadecli.summarize import mean_std
 
 ARMS = ("shared", "per-dataset")  # before, after
 HERE = Path(__file__).resolve().parent
@@ -74,7 +74,7 @@ def render(args: argparse.Namespace) -> str:
         "chosen on test data. Differences are per seed (same seed, same labeled subset): "
         "per-dataset minus shared.",
         "",
-        f"Command: `python benchmarks/batch_norm.py --pairs {args.pairs} --models "
+        f"Command: `python -m benchmarks.batch_norm --pairs {args.pairs} --models "
         f"{args.models} --seeds {args.seeds} --data-dir {args.data_dir}`",
         "",
     ]

@@ -1,8 +1,8 @@
 """Run single, paired and JADE on one dataset pair through the real `jade train` CLI, and print
 one markdown table: primary/auxiliary test accuracy and wall time per run, with the commands.
 
-    python benchmarks/compare_models.py --primary folder:../shared/data/USPS --auxiliary mnist \
-        --data-dir ../shared/data --n-labeled 100 --seeds 0 --out runs/compare
+    python -m benchmarks.compare_models --primary folder:DATA_DIR/USPS --auxiliary mnist \
+        --data-dir DATA_DIR --n-labeled 100 --seeds 0 --out runs/compare
 
 Every number is read back from the runs' manifest.yaml files; models are never selected on test
 data (each run reports its last epoch). Extra arguments after `--` go to every `jade train`.
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from jadecli.summarize import mean_std
 
 
 def main() -> int:
@@ -79,11 +81,6 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-
-    def mean_std(values: list[float]) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.2f}"
-        return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
 
     print(f"## {args.primary} ({args.n_labeled} labeled) + {args.auxiliary}\n")
     print(

@@ -9,7 +9,7 @@ them alike.
 - **torchrun N**: `torchrun --standalone --nproc-per-node N -m jadecli train ...` (torchrun gives
   each process OMP_NUM_THREADS=1 unless it is set). The global batch stays `--batch-size`.
 
-    python benchmarks/distributed.py --data-dir ../shared/data --nproc 2 \
+    python -m benchmarks.distributed --data-dir DATA_DIR --nproc 2 \
         --out benchmarks/results/distributed.md
 
 On a machine with GPUs, `--device auto` gives each process its own (cuda:LOCAL_RANK).

@@ -2,7 +2,7 @@
 each a real `jade train` run through the CLI, plus the peak memory of a 45,000-image 128 px colour
 auxiliary set.
 
-    python benchmarks/image_size.py --data-dir ../shared/data --out benchmarks/results/image_size.md
+    python -m benchmarks.image_size --data-dir DATA_DIR --out benchmarks/results/image_size.md
 
 The script first writes the image folders it trains on under --work (default runs/image_size),
 from the MNIST IDX files and the MNIST-M image folders in --data-dir, and keeps them (a folder
@@ -24,7 +24,7 @@ instead of trained again (its memory and wall time then come from the previous J
 Extra arguments after `--` go to every `jade train`. `--quick` is a smoke test of the whole
 pipeline (sizes 32,64, one seed, 1 epoch of 200 pairs, a 2,000-image colour auxiliary):
 
-    python benchmarks/image_size.py --quick --threads 1 --work /tmp/imgsize-quick \\
+    python -m benchmarks.image_size --quick --threads 1 --work /tmp/imgsize-quick \\
         --out /tmp/imgsize-quick/image_size.md
 """
 
@@ -656,7 +656,7 @@ def render(
     )
     lines += [
         "",
-        "Command: `python benchmarks/image_size.py "
+        "Command: `python -m benchmarks.image_size "
         + " ".join(shlex.quote(a) for a in sys.argv[1:])
         + "`",
         "",

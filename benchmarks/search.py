@@ -2,7 +2,7 @@
 dataset pair, every run trained with `--no-test` and scored on dev data, the primary training
 images outside its labeled subset (`jade evaluate RUN --split train-unlabeled`).
 
-    python benchmarks/search.py --pair mnistm10 --seeds 0,1 --data-dir ../shared/data \
+    python -m benchmarks.search --pair mnistm10 --seeds 0,1 --data-dir DATA_DIR \
         --log benchmarks/results/search.jsonl --out benchmarks/results/search.md \
         --trial base= --trial detached='--match-target detached' --trial ep20='--epochs 20' \
         -- --epochs 5
@@ -41,8 +41,17 @@ from typing import Any
 import yaml
 
 # benchmarks/accuracy.py and benchmarks/stats.py, beside this script
-from accuracy import DEV_SPLIT, PAIRS, Pair, dev_score, read_run, run_threads, usable_cpus
-from stats import format_ci, format_p, mean_std, paired_ci, verdict
+from benchmarks.accuracy import (
+    DEV_SPLIT,
+    PAIRS,
+    Pair,
+    dev_score,
+    read_run,
+    run_threads,
+    usable_cpus,
+)
+from benchmarks.stats import format_ci, format_p, paired_ci, verdict
+from jadecli.summarize import mean_std
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names become run folder names
 
@@ -275,7 +284,7 @@ def render(
         "optimistic pick: confirm a winner on new seeds before testing it once."
     )
     lines.append("")
-    lines.append("Command: `python benchmarks/search.py " + shown(cli) + "`")
+    lines.append("Command: `python -m benchmarks.search " + shown(cli) + "`")
     lines.append("")
     for pair in pairs:
         mine = [o for o in outcomes if o.pair == pair.name]

@@ -6,7 +6,7 @@ d_1..d_n (same seed) are the data, and a Student t interval on their mean says w
 a plausible true difference. With 3 to 5 seeds the interval is wide; "within noise" is the
 honest reading of most small margins.
 
-    python benchmarks/stats.py 1.37 0.63 7.16
+    python -m benchmarks.stats 1.37 0.63 7.16
 
 prints `+3.05 points [95% CI -5.83, +11.94], n=3, p=0.28: not significant`.
 """
@@ -22,7 +22,6 @@ from scipy.stats import t as student_t
 
 # `mean ± sample sd` cells: one implementation, the one `jade summarize` writes its tables with
 # (the benchmark scripts import it from here)
-from jadecli.summarize import mean_std as mean_std
 
 
 @dataclass(frozen=True)

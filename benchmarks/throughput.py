@@ -7,7 +7,7 @@ threads time, in interleaved repetitions:
   each stored uint8 image into a PIL image and apply `transforms.ToTensor()` per sample, a
   same-class pair dataset that picks the primary partner per sample in Python, a default
   `DataLoader` (batch 100, shuffle, no workers), float32 NCHW, Adam, the same model and loss;
-- **engine fp32** / **engine bf16**: `jadecli.trainer.Trainer.run_epoch` and
+- **engine fp32** / **engine bf16**: `jadecli.trainer.train_one_epoch` and
   `jadecli.trainer.accuracy` (what `jade train` runs each step and each epoch), with
   `--precision fp32` and, where the hardware has native bf16, `--precision bf16` (what
   `--precision auto` then picks).
@@ -17,7 +17,7 @@ time to accuracy of the default recipe (`jade train --primary usps --auxiliary m
 --n-labeled 100`), and the peak memory of the paper's protocol (SVHN-format primary with
 73,257 + 26,032 images, 1,000 labeled; MNIST 4,500 per class) through the real CLI.
 
-    python benchmarks/throughput.py --data-dir ../shared/data \
+    python -m benchmarks.throughput --data-dir DATA_DIR \
         --out benchmarks/results/throughput.md
 
 Runs unchanged on a GPU (`--device auto` picks CUDA); `--quick` for a smoke test.
@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -53,14 +52,16 @@ from torchvision import transforms
 
 from jadecli.compute import EVAL_BATCH, native_bf16, resolve_device, resolve_precision
 from jadecli.config import TrainConfig
+from jadecli.config.train import JADE_ONLY
 from jadecli.data.core import DIGITS, Dataset, ImageSet
 from jadecli.data.pair import TrainData, training_data
 from jadecli.data.registry import load_dataset
 from jadecli.data.sampling import first_per_class
-from jadecli.model import ModelSpec, build_model
-from jadecli.objective import LossWeights, jade_terms, weighted_total
+from jadecli.model import build_model
+from jadecli.objective import Objective
 from jadecli.progress import NullReporter
-from jadecli.trainer import Trainer, accuracy
+from jadecli.spec import ModelSpec
+from jadecli.trainer import Trainer, accuracy, train_one_epoch
 
 MODELS = ("single", "paired", "jade")
 SETUPS = {
@@ -70,8 +71,6 @@ SETUPS = {
     "usps": "USPS (100 labeled, 16x16x1) + MNIST (28x28x1)",
 }
 BATCH = 100
-# the paper's weights, as PAPER_MODEL pins them
-WEIGHTS = LossWeights(recon=1.0, kl=1.0, match=1.0, aux_ce=1e4, primary_ce=1e5)
 # The engine side trains what the reference loop trains: the paper's CNNs and summed loss, no
 # augmentation (issue 5 made a different recipe the default; time to accuracy measures that).
 PAPER_MODEL = {
@@ -79,7 +78,9 @@ PAPER_MODEL = {
     "augment": "none",
     "style_mix": 0.0,
     "loss_scale": "sum",
+    "kl_weight": 1.0,
     "match_weight": 1.0,
+    "ce_on_mean": False,
     "aux_ce_weight": 1e4,
     "primary_ce_weight": 1e5,
 }
@@ -109,11 +110,12 @@ def make_data(setup: str, data_dir: Path) -> tuple[TrainData, dict[str, Any]]:
         data = TrainData(
             primary=primary,
             auxiliary=aux,
-            primary_size=None,
-            style_mix=0.0,
             labeled_index=torch.arange(1000),
             labeled=primary.train,
+            val_index=None,
+            val=None,
             aux_train=aux.train.subset(keep),
+            described={},
         )
         return data, cfg
     if setup == "builtin":
@@ -121,7 +123,14 @@ def make_data(setup: str, data_dir: Path) -> tuple[TrainData, dict[str, Any]]:
     else:
         cfg = {"primary": "usps", "auxiliary": "mnist", "n_labeled": 100}
     cfg.update(PAPER_MODEL, data_dir=str(data_dir))
-    return training_data(TrainConfig(**cfg), NullReporter()), cfg
+    _, data = training_data(TrainConfig(**cfg), NullReporter())
+    return data, cfg
+
+
+def model_fields(kind: str, cfg_fields: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields of `kind`: the classifiers take none of JADE's options."""
+    fields = {k: v for k, v in cfg_fields.items() if kind == "jade" or k not in JADE_ONLY}
+    return {**fields, "model": kind}
 
 
 # --------------------------------------------------------------------------- reference loop
@@ -175,6 +184,9 @@ class Reference:
         torch.manual_seed(0)
         ptrain = data.primary
         self.model = build_model(_spec(model_kind, data)).to(device)
+        fields = model_fields(model_kind, {**PAPER_MODEL, "primary": "mnist", "n_labeled": 10})
+        fields["auxiliary"] = None if model_kind == "single" else "mnist"
+        self.objective = Objective(TrainConfig(**fields), self.model.spec)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         primary = RefImages(data.labeled.images, data.labeled.labels)
         if model_kind == "single":
@@ -201,18 +213,10 @@ class Reference:
         for _ in range(steps):
             batch = self._next()
             if self.kind == "single":
-                xp, y = batch[0].to(dev), batch[1].to(dev)
-                loss = F.cross_entropy(self.model.classify("primary", xp), y) * WEIGHTS.primary_ce
+                xa, (xp, y) = None, (t.to(dev) for t in batch)
             else:
                 xa, xp, y = (t.to(dev) for t in batch)
-                if self.kind == "paired":
-                    terms = {
-                        "ce_aux": F.cross_entropy(self.model.classify("auxiliary", xa), y),
-                        "ce_primary": F.cross_entropy(self.model.classify("primary", xp), y),
-                    }
-                else:
-                    terms = jade_terms(self.model(xa, xp), xa, xp, y)
-                loss = weighted_total(terms, WEIGHTS)
+            loss, _ = self.objective(self.model.forward_train(xa, xp), xa, xp, y)
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -247,7 +251,7 @@ class Engine:
         precision: str,
     ) -> None:
         self.data, self.device, self.precision = data, device, precision
-        self.cfg_fields = {**cfg_fields, "model": model_kind, "precision": precision}
+        self.cfg_fields = {**model_fields(model_kind, cfg_fields), "precision": precision}
         self.trainer: Trainer | None = None
         self.steps = 0
 
@@ -259,7 +263,7 @@ class Engine:
             if state is not None:
                 self.trainer.model.load_state_dict(state)
             self.steps = steps
-        self.trainer.run_epoch(0, NullReporter())
+        train_one_epoch(self.trainer, 0, NullReporter())
         _sync(self.device)
         return steps * BATCH
 
@@ -583,7 +587,7 @@ def render(
         "cell (data loading included).",
         "- reference: torchvision-style datasets (PIL + `ToTensor()` per sample), per-sample "
         "same-class pairing in Python, default `DataLoader` (batch 100, shuffle, no workers), "
-        "float32 NCHW, Adam, the same model and loss. engine: `Trainer.run_epoch` and "
+        "float32 NCHW, Adam, the same model and loss. engine: `train_one_epoch` and "
         "`trainer.accuracy` as `jade train` runs them (gradient clipping, finite checks and "
         f"metrics included), eval batch {EVAL_BATCH}; 'engine fp32' is `--precision fp32`, "
         "'engine bf16' is `--precision bf16` (autocast; what `--precision auto` picks where "

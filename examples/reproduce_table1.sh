@@ -20,7 +20,8 @@ shift
 if [[ $# -gt 0 && "$1" != "--" ]]; then out="$1"; shift; fi
 if [[ $# -gt 0 && "$1" != "--" ]]; then seeds="$1"; shift; fi
 if [[ $# -gt 0 && "$1" == "--" ]]; then shift; fi
-python "${here}/../benchmarks/accuracy.py" \
+# the benchmarks are a package of the repository: import them from its root, run from here
+PYTHONPATH="${here}/..${PYTHONPATH:+:${PYTHONPATH}}" python -m benchmarks.accuracy \
   --pairs "" --pair "svhn1000=--config '${here}/svhn_mnist.yaml'" \
   --models single,paired,jade --seeds "${seeds}" --data-dir "${data_dir}" \
   --runs "${out}" --out "${out}/table1.md" \

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from jadecli import __version__
 from jadecli.config import (
     RUN,
-    ConfigError,
     EvaluateConfig,
     ExportConfig,
     LatentsConfig,
@@ -34,10 +33,12 @@ from jadecli.config import (
     ReconstructConfig,
     SummarizeConfig,
     TrainConfig,
+    TrainSession,
     help_for,
+    metavar,
     option_fields,
 )
-from jadecli.errors import JadeError, UsageError
+from jadecli.errors import JadeError
 
 
 class JadeGroup(TyperGroup):
@@ -76,6 +77,27 @@ class JadeGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+class JadeCommand(TyperCommand):
+    """Plain, compact `--help`: the options in their panels (Data, Model, ..., Run), each a
+    two-column list whose descriptions wrap to the terminal's width."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            default = "Arguments" if param.param_type_name == "argument" else "Options"
+            panel = getattr(param, "rich_help_panel", None) or default
+            panels.setdefault(panel, []).append(record)
+        for panel, rows in sorted(panels.items(), key=lambda p: p[0] in ("Options", RUN)):
+            with formatter.section(panel):
+                formatter.write_dl(rows, col_max=28)
+        self.format_epilog(ctx, formatter)
+
+
 def _secondary_rank() -> bool:
     """A torchrun process other than rank 0: it leaves reporting to rank 0."""
     try:
@@ -91,6 +113,7 @@ app = typer.Typer(
     "labeled auxiliary dataset of the same classes in another style.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: compact at 80 columns (JadeCommand)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -119,6 +142,8 @@ def _cli_type(f: Field[Any]) -> Any:
     kind = str(f.type)
     if f.metadata["argument"]:
         return list[Path] if kind.startswith("list") else Path  # PATH... takes one or more
+    if f.metadata.get("switch"):
+        return bool  # --resume: on, or not given
     if kind.startswith("bool"):
         return bool | None
     if kind.startswith("Path"):
@@ -138,11 +163,12 @@ def _is_run(f: Field[Any]) -> bool:
     return bool(f.metadata["group"] == RUN)
 
 
-def _option_parameters(cls: Any) -> list[inspect.Parameter]:
-    """One keyword parameter per option field of config class `cls`, for Typer."""
+def _option_parameters(*classes: Any) -> list[inspect.Parameter]:
+    """One keyword parameter per option field of the config classes, for Typer."""
     params = []
+    every = [f for cls in classes for f in option_fields(cls)]
     # the argument first, then the command's own options, then the shared "Run" panel
-    order = sorted(option_fields(cls), key=lambda f: (not f.metadata["argument"], _is_run(f)))
+    order = sorted(every, key=lambda f: (not f.metadata["argument"], _is_run(f)))
     for f in order:
         meta = f.metadata
         if meta["argument"]:
@@ -150,13 +176,16 @@ def _option_parameters(cls: Any) -> list[inspect.Parameter]:
                 metavar=meta["metavar"], help=meta["help"], show_default=False
             )
         else:
+            names = ["--" + f.name.replace("_", "-")] if meta.get("switch") else []
             info = typer.Option(
+                *names,
                 help=help_for(f),
                 rich_help_panel=meta["group"],
-                metavar=meta["metavar"],
+                metavar=metavar(f),
                 show_default=False,
             )
         default = inspect.Parameter.empty if meta["argument"] else None
+        default = False if meta.get("switch") else default
         annotation = Annotated[_cli_type(f), info]
         params.append(
             inspect.Parameter(
@@ -166,10 +195,10 @@ def _option_parameters(cls: Any) -> list[inspect.Parameter]:
     return params
 
 
-def config_command(cls: Any, **command: Any) -> Callable[[Callable[..., None]], Any]:
-    """Register a command whose options are the option fields of config class `cls` (before
-    the function's own keyword options); their values reach the function's `**values` by field
-    name, None for an option not given."""
+def config_command(*classes: Any, **command: Any) -> Callable[[Callable[..., None]], Any]:
+    """Register a command whose options are the option fields of the config `classes`; their
+    values reach the function's `**values` by field name, None for an option not given (False
+    for a switch)."""
 
     def register(func: Callable[..., None]) -> Any:
         hints = get_type_hints(func, include_extras=True)
@@ -180,9 +209,9 @@ def config_command(cls: Any, **command: Any) -> Callable[[Callable[..., None]], 
         ]
         lead = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]  # ctx
         tail = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        params = [*lead, *_option_parameters(cls), *tail]
+        params = [*lead, *_option_parameters(*classes), *tail]
         func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        return app.command(**command)(func)
+        return app.command(cls=JadeCommand, **command)(func)
 
     return register
 
@@ -210,126 +239,29 @@ def _default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{'-'.join(parts)}-{stamp}"
 
 
-PresetOpt = Annotated[
-    str | None,
-    typer.Option(
-        metavar="paper",
-        rich_help_panel=RUN,
-        help="Start from a named set of defaults: 'paper' is the recipe of the authors' 2017 "
-        "code (paper CNNs, no augmentation, summed ELBO, CE weights 1e4/1e5 for jade and 10/100 "
-        "for paired and single, Adam beta_1 0.1, lr x0.3/x0.1 steps, 300 epochs of the whole "
-        "auxiliary set, dropout 0.5). Precedence: defaults < preset < --config < flags.",
-    ),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        metavar="FILE.yaml",
-        rich_help_panel=RUN,
-        help="YAML file of option values (keys as the flags, without '--'). Precedence: "
-        "code defaults < this file < flags.",
-    ),
-]
-RunOutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out",
-        metavar="DIR",
-        rich_help_panel=RUN,
-        help="Run folder to create. Default: runs/<model>-<primary>-<auxiliary>-<time>. An "
-        "existing non-empty folder is refused unless --resume or --overwrite.",
-    ),
-]
-ResumeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--resume",
-        rich_help_panel=RUN,
-        help="Continue the run in --out from checkpoints/last.pt, with its saved config "
-        "(--epochs may be raised to train longer, at the learning rate the schedule ended with).",
-    ),
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        rich_help_panel=RUN,
-        help="Delete the jadecli run already in --out and start afresh.",
-    ),
-]
-ProgressOpt = Annotated[
-    bool,
-    typer.Option(
-        "--progress/--no-progress",
-        rich_help_panel=RUN,
-        help="Live progress bars in a terminal (plain per-epoch lines otherwise).",
-    ),
-]
-PrintConfigOpt = Annotated[
-    bool,
-    typer.Option(
-        "--print-config",
-        rich_help_panel=RUN,
-        help="Print the fully resolved configuration (defaults < --preset < --config < flags) "
-        "as YAML that --config reads back, and exit without training.",
-    ),
-]
-# `jade train`'s options that say how to run, not what to compute (not TrainConfig fields).
-RUN_OPTIONS = ("preset", "config", "out", "resume", "overwrite", "progress", "print_config")
-
-
-def config_yaml(cfg: TrainConfig) -> str:
-    """`cfg` as a --config file: every option under its flag name, in --help order."""
-    import yaml
-
-    values = {f.name.replace("_", "-"): getattr(cfg, f.name) for f in option_fields(TrainConfig)}
-    head = (
-        "# jade train configuration, resolved: code defaults < --preset < --config < flags.\n"
-        "# Train it with: jade train --config THIS_FILE [--out DIR]; null: chosen from the data\n"
-        "# when the run starts (recorded in the run's manifest.yaml).\n"
-    )
-    return head + yaml.safe_dump(values, sort_keys=False, width=100)
-
-
-@config_command(TrainConfig, no_args_is_help=True)
-def train(
-    ctx: typer.Context,
-    *,
-    preset: PresetOpt = None,
-    config: ConfigOpt = None,
-    out: RunOutOpt = None,
-    resume: ResumeOpt = False,
-    overwrite: OverwriteOpt = False,
-    progress: ProgressOpt = True,
-    print_config: PrintConfigOpt = False,
-    **flags: Any,
-) -> None:
+@config_command(TrainConfig, TrainSession, no_args_is_help=True)
+def train(ctx: typer.Context, **values: Any) -> None:
     """Train a single classifier, a paired classifier or a JADE model; writes a run folder."""
     from jadecli import engine
-    from jadecli.config import requested_changes, resolve_train_config
+    from jadecli.config import config_yaml, requested_changes, resolve_train_config
     from jadecli.progress import make_reporter
 
-    if print_config:
-        if resume:
-            raise UsageError(
-                "--print-config shows a new run's configuration; a run's own is the config: "
-                "section of RUN/manifest.yaml"
-            )
-        typer.echo(config_yaml(resolve_train_config(flags, config, preset)), nl=False)
+    names = {f.name for f in option_fields(TrainSession)}
+    session = TrainSession(**{k: v for k, v in values.items() if k in names and v is not None})
+    flags = {k: v for k, v in values.items() if k not in names}
+    if session.print_config:
+        typer.echo(config_yaml(flags, session.config, session.preset), nl=False)
         return
-    if resume:
-        if out is None:
-            raise UsageError("--resume needs --out: the run folder to continue")
-        if preset is not None:
-            raise UsageError(
-                f"--preset {preset} applies to new runs; a resumed run keeps its saved config"
-            )
-        options = engine.RunOptions(out, overwrite, _argv(ctx))
-        result = engine.resume(options, requested_changes(flags, config), make_reporter(progress))
+    reporter = make_reporter(session.progress)
+    if session.resume:
+        assert session.out is not None
+        options = engine.RunOptions(session.out, session.overwrite, _argv(ctx))
+        result = engine.resume(options, requested_changes(flags, session.config), reporter)
     else:
-        cfg = resolve_train_config(flags, config, preset)
-        options = engine.RunOptions(out or _default_out(cfg), overwrite, _argv(ctx))
-        result = engine.train(cfg, options, make_reporter(progress))
+        cfg = resolve_train_config(flags, session.config, session.preset)
+        out = session.out or _default_out(cfg)
+        options = engine.RunOptions(out, session.overwrite, _argv(ctx))
+        result = engine.train(cfg, options, reporter)
     if result.rank != 0:  # under torchrun rank 0 reports
         return
     if result.already_complete:
@@ -360,19 +292,6 @@ def train(
 
 # --------------------------------------------------------------------------- analysis
 
-FORMATS = ("table", "json", "yaml")
-FORMAT_HELP = (
-    "table: a readable summary; json or yaml: the full result on stdout (messages stay on "
-    "stderr), e.g. for jq in CI scripts."
-)
-FormatOpt = Annotated[str, typer.Option("--format", metavar="table|json|yaml", help=FORMAT_HELP)]
-
-
-def _check_format(value: str) -> str:
-    if value not in FORMATS:
-        raise ConfigError("format", f"must be one of {', '.join(FORMATS)} (got {value!r})")
-    return value
-
 
 def _emit(report: dict[str, Any], fmt: str) -> bool:
     """Print `report` as json/yaml; False for table format (the caller prints tables)."""
@@ -390,17 +309,16 @@ def _emit(report: dict[str, Any], fmt: str) -> bool:
 
 
 @config_command(EvaluateConfig, no_args_is_help=True)
-def evaluate(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
+def evaluate(ctx: typer.Context, **values: Any) -> None:
     """Accuracy, per-class accuracy, confusion matrices, NLL and (JADE) the test ELBO of a run."""
     from jadecli.analysis.evaluate import evaluate as run_eval
     from jadecli.cli_output import print_evaluation
     from jadecli.errors import GateFailed
     from jadecli.progress import PlainReporter
 
-    _check_format(fmt)
     cfg = EvaluateConfig(**_given(values), command=_argv(ctx))
     result = run_eval(cfg, PlainReporter())
-    if not _emit(result.report, fmt):
+    if not _emit(result.report, cfg.format):
         print_evaluation(result.report)
     if result.passed is False:
         acc = result.report["primary"]["accuracy"]
@@ -411,7 +329,7 @@ def evaluate(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> 
 
 
 @config_command(LatentsConfig, name="inspect-latents", no_args_is_help=True)
-def inspect_latents(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
+def inspect_latents(ctx: typer.Context, **values: Any) -> None:
     """Variance of each latent dimension within a class vs over all classes (the paper's
     Figure 2, measured), the disentanglement ratio, and held-out probes.
 
@@ -422,25 +340,23 @@ def inspect_latents(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: A
     from jadecli.cli_output import print_latents
     from jadecli.progress import PlainReporter
 
-    _check_format(fmt)
     cfg = LatentsConfig(**_given(values), command=_argv(ctx))
     result = run_latents(cfg, PlainReporter())
-    if not _emit(result.report, fmt):
+    if not _emit(result.report, cfg.format):
         print_latents(result.report)
 
 
 @config_command(ReconstructConfig, no_args_is_help=True)
-def reconstruct(ctx: typer.Context, *, fmt: FormatOpt = "table", **values: Any) -> None:
+def reconstruct(ctx: typer.Context, **values: Any) -> None:
     """Image grids from a JADE run: reconstructions, style/content swaps within and across
     datasets, and (--traverse) one latent dimension varied at a time."""
     from jadecli.analysis.reconstruct import reconstruct as run_recon
     from jadecli.cli_output import print_reconstruct
     from jadecli.progress import PlainReporter
 
-    _check_format(fmt)
     cfg = ReconstructConfig(**_given(values), command=_argv(ctx))
     result = run_recon(cfg, PlainReporter())
-    if not _emit(result.report, fmt):
+    if not _emit(result.report, cfg.format):
         print_reconstruct(result.report)
 
 

@@ -43,7 +43,21 @@ def print_evaluation(report: dict[str, Any]) -> None:
     console = _console()
     _header(console, report, "evaluate")
     roles = [(r, report[r]) for r in ("primary", "auxiliary") if report.get(r)]
-    jade = any(res.get("elbo") for _, res in roles)
+    console.print(_classification_table(roles))
+    if any(res.get("elbo") for _, res in roles):  # only JADE runs have an ELBO
+        _print_elbo(console, report, roles)
+    console.print(_per_class_table(roles))
+    _print_confusions(console, roles)
+    _files(console, report)
+    if report.get("passed") is True:
+        console.print(
+            f"passed: primary accuracy {_pct(report['primary']['accuracy'])} >= "
+            f"--min-accuracy {_pct(report['min_accuracy'])}"
+        )
+
+
+def _classification_table(roles: list[tuple[str, dict[str, Any]]]) -> Table:
+    """Accuracy and NLL, one row per dataset evaluated."""
     table = Table(title="classification")
     for col in ("dataset", "images", "accuracy", "NLL (nats)"):
         table.add_column(col, justify="right" if col != "dataset" else "left")
@@ -54,23 +68,31 @@ def print_evaluation(report: dict[str, Any]) -> None:
             _pct(res["accuracy"]),
             _num(res["nll"]),
         )
-    console.print(table)
-    if jade:
-        elbo = Table(title="test ELBO terms (nats per image)")
-        for col in ("dataset", "recon", "KL style", "KL content", "ELBO"):
-            elbo.add_column(col, justify="right" if col != "dataset" else "left")
-        for role, res in roles:
-            e = res.get("elbo") or {}
-            elbo.add_row(
-                f"{role} ({res['dataset']})",
-                *(_fixed(e.get(k)) for k in ("recon", "kl_style", "kl_content", "elbo")),
-            )
-        console.print(elbo)
-        console.print(
-            "one latent sample per image, content prior N(0, I); KL between the content "
-            f"posteriors of same-class test pairs: {_num(report.get('kl_match'))}"
-        )
+    return table
 
+
+def _print_elbo(
+    console: Console, report: dict[str, Any], roles: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A JADE run's test ELBO terms per dataset, and how it drew them."""
+    elbo = Table(title="test ELBO terms (nats per image)")
+    for col in ("dataset", "recon", "KL style", "KL content", "ELBO"):
+        elbo.add_column(col, justify="right" if col != "dataset" else "left")
+    for role, res in roles:
+        e = res.get("elbo") or {}
+        elbo.add_row(
+            f"{role} ({res['dataset']})",
+            *(_fixed(e.get(k)) for k in ("recon", "kl_style", "kl_content", "elbo")),
+        )
+    console.print(elbo)
+    console.print(
+        "one latent sample per image, content prior N(0, I); KL between the content "
+        f"posteriors of same-class test pairs: {_num(report.get('kl_match'))}"
+    )
+
+
+def _per_class_table(roles: list[tuple[str, dict[str, Any]]]) -> Table:
+    """Accuracy per class, a column per dataset (classes as the first dataset names them)."""
     per_class = Table(title="per-class accuracy")
     per_class.add_column("class")
     for role, _ in roles:
@@ -82,8 +104,11 @@ def print_evaluation(report: dict[str, Any]) -> None:
             pc = res["per_class"].get(c) or {}
             cells.append(f"{_pct(pc.get('accuracy'))} of {pc.get('images', 0)}")
         per_class.add_row(c, *cells)
-    console.print(per_class)
+    return per_class
 
+
+def _print_confusions(console: Console, roles: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each dataset's confusion matrix, or where to find it when it has too many classes."""
     for role, res in roles:
         names = list(res["per_class"])
         if len(names) > MAX_CONFUSION_CLASSES:
@@ -98,12 +123,6 @@ def print_evaluation(report: dict[str, Any]) -> None:
         for c, row in zip(names, res["confusion"], strict=True):
             conf.add_row(c, *(str(v) for v in row))
         console.print(conf)
-    _files(console, report)
-    if report.get("passed") is True:
-        console.print(
-            f"passed: primary accuracy {_pct(report['primary']['accuracy'])} >= "
-            f"--min-accuracy {_pct(report['min_accuracy'])}"
-        )
 
 
 def print_latents(report: dict[str, Any]) -> None:

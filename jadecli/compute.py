@@ -25,7 +25,7 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -35,11 +35,6 @@ from jadecli.errors import JadeError, UsageError
 # Images per forward pass when evaluating: best measured on CPU (batch 100 runs 1.6x faster
 # than 500 for the paper's SVHN encoder, as the activations then stay in cache).
 EVAL_BATCH = 100
-# Whether `auto` picks bf16 where it is native (CUDA, CPUs with AMX). With the paper's
-# classification weights (1e4 / 1e5 against 1 for the summed ELBO) bf16 autocast cost the
-# quickstart 16 points (48.0% vs 64.4%), so it was off; with the per-pixel loss scale and
-# O(1) weights of the current recipe it is on (see benchmarks/results/accuracy.md).
-AUTO_BF16 = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,7 +79,7 @@ def resolve_precision(
 ) -> str:
     """`auto|fp32|bf16` -> `fp32|bf16` for this device (`auto`: bf16 where native)."""
     if requested == "auto":
-        return "bf16" if AUTO_BF16 and native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     if requested == "bf16" and device.type == "mps":
         raise UsageError("--precision bf16 is not supported on MPS; use --precision fp32")
     if requested == "bf16" and not native_bf16(device) and warn is not None:
@@ -125,14 +120,6 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 in [0, 1] on `device`, in the model's layout."""
     x = images.to(device, non_blocking=True).float().div_(255)
     return x.contiguous(memory_format=memory_format(device))  # (B, C, H, W), NHWC in memory
-
-
-def input_batches(
-    images: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float batch) over uint8 images: each image is converted once, batch by batch."""
-    for start in range(0, len(images), batch_size):
-        yield start, to_input(images[start : start + batch_size], device)
 
 
 # glibc keeps freed blocks below its mmap threshold in its heap, and raises that threshold (up
@@ -184,11 +171,3 @@ def configure_threads() -> int:
         if 0 < allowed < torch.get_num_threads():
             torch.set_num_threads(allowed)
     return torch.get_num_threads()
-
-
-def make_optimizer(
-    params: list[nn.Parameter], device: torch.device, lr: float, beta1: float
-) -> torch.optim.Adam:
-    """Adam; on CUDA the fused kernel (one launch per step instead of one per tensor)."""
-    fused = device.type == "cuda"
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=fused or None)

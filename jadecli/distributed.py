@@ -156,6 +156,13 @@ def leave(d: Dist) -> None:
             torch_dist.destroy_process_group()
 
 
+def scaled(loss: torch.Tensor, weight: float, d: Dist) -> torch.Tensor:
+    """A rank's loss weighted by its share of the global batch (`weight`: share x world / batch),
+    so that DistributedDataParallel's mean of the ranks' gradients is the gradient of the whole
+    batch's mean loss, uneven shares included; the loss itself for one process."""
+    return loss * weight if d.enabled else loss
+
+
 def share(n: int, d: Dist) -> tuple[int, int]:
     """[lo, hi) of this rank's contiguous share of `n` items: the first n % world ranks get one
     more."""

@@ -25,10 +25,6 @@ epoch_size=1000), RunOptions(Path('runs/api-demo')), PlainReporter()).final)"
 from __future__ import annotations
 
 import contextlib
-import platform
-import shlex
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -36,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from jadecli import __version__, distributed, logs
+from jadecli import distributed, logs
+from jadecli import manifest as records
 from jadecli.compute import (
     configure_allocator,
     configure_threads,
@@ -59,20 +55,17 @@ from jadecli.errors import (
     TrainingFailed,
     UsageError,
 )
-from jadecli.model import PRIMARY
+from jadecli.metrics import Diverged, metric_columns
 from jadecli.progress import NullReporter, Reporter
 from jadecli.run import (
-    BEST,
-    CHECKPOINT_DIR,
-    LABELED,
-    LAST,
-    SCHEMA_VERSION,
     PeerRun,
     RunDir,
     check_new_run_target,
 )
 from jadecli.run import now as _now
-from jadecli.trainer import Diverged, Trainer, accuracy, evaluate_test, metric_columns
+from jadecli.signals import TermSignal, signals_as_interrupts
+from jadecli.spec import PRIMARY
+from jadecli.trainer import Trainer, accuracy, evaluate_test, train_one_epoch
 
 ERROR_LOG = "error.log"
 
@@ -218,9 +211,9 @@ def _already_complete(restored: _Restored) -> TrainResult:
     if manifest.get("status") != "completed":
         if manifest.get("epochs_completed") != cfg.epochs:  # its last manifest write failed
             rows = [r for r in run.read_metrics() if int(r["epoch"]) <= cfg.epochs]
-            final = _final_from_rows(rows, cfg.select)
+            final = records.final_from_rows(rows, cfg.select)
             manifest.update(epochs_completed=cfg.epochs, final_metrics=final)
-        _mark(manifest, "completed", None)
+        records.mark(manifest, "completed", None)
         run.write_manifest(manifest)
     final = manifest.get("final_metrics") or {}
     return _result(cfg, run.path, cfg.epochs, 0.0, final, already_complete=True)
@@ -229,7 +222,7 @@ def _already_complete(restored: _Restored) -> TrainResult:
 def _session(reporter: Reporter, start: Callable[[], _Session], d: Dist) -> TrainResult:
     """Start a session and train it to the end; any way out is mapped by `_failure`."""
     session: _Session | None = None
-    with _signals_as_interrupts() as signals:
+    with signals_as_interrupts() as signals:
         try:
             session = start()
             seconds = _train_epochs(session, reporter)
@@ -253,7 +246,7 @@ def _own_failure(err: BaseException) -> bool:
     """Whether a rank other than 0 must report `err` itself: an error only it met (a crash, an
     unexpected error). Signals, divergence (checked on all ranks at once), lost peers and errors
     rank 0 already reported are said by rank 0."""
-    shared = (KeyboardInterrupt, _Terminated, Diverged, UsageError)
+    shared = (KeyboardInterrupt, TermSignal, Diverged, UsageError)
     if isinstance(err, shared) or distributed.is_comm_error(err):
         return False
     return not (isinstance(err, JadeError) and err.quiet)
@@ -283,7 +276,7 @@ def _resumed_config(
     requested), `trained` the checkpoint's: they may differ only where a resume may change
     something (a resumed session that ended before its first checkpoint leaves that), and the
     command line may change nothing else."""
-    for name in field_names():
+    for name in field_names(TrainConfig):
         if name not in RESUME_OVERRIDABLE and getattr(saved, name) != getattr(trained, name):
             raise RunDirError(
                 f"{run.checkpoint_path} was trained with {name} = {getattr(trained, name)!r} but "
@@ -327,9 +320,7 @@ def _prepare_rank(
     configure_allocator()
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))
-    data = training_data(cfg, reporter)
-    # record what the defaults chose: the size for --arch shared, the style mixing
-    cfg = replace(cfg, primary_size=data.primary_size, style_mix=data.style_mix)
+    cfg, data = training_data(cfg, reporter)  # with what the data decided, for the manifest
     trainer = Trainer(cfg, data, device, precision, resumed, d)
     if cfg.device == "auto" or cfg.precision == "auto":
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -340,7 +331,7 @@ def _prepare_rank(
 def _start_new(cfg: TrainConfig, options: RunOptions, reporter: Reporter, d: Dist) -> _Session:
     cfg, data, trainer = _prepare(cfg, reporter, d)
     trainer.distribute()
-    manifest = _new_manifest(cfg, options, data, trainer)
+    manifest = records.new_manifest(cfg, options.command, data, trainer)
     manifest["distributed"] = d.describe(distributed.gather(str(trainer.device), d))
     if not d.main:
         run: RunDir = PeerRun(options.out, d.rank)
@@ -385,7 +376,12 @@ def _start_resumed(
         distributed=d.describe(devices),
     )
     manifest.setdefault("training", {})["total_steps"] = trainer.steps_per_epoch * cfg.epochs
-    event = {"time": _now(), "event": "resumed", "from_epoch": start, "command": _command(options)}
+    event = {
+        "time": _now(),
+        "event": "resumed",
+        "from_epoch": start,
+        "command": records.command_text(options.command),
+    }
     manifest.setdefault("events", []).append(event)
     reporter.info(f"resuming {options.out} from epoch {start} of {cfg.epochs}")
     if not d.main:
@@ -405,11 +401,11 @@ def _start_resumed(
 def _train_epochs(s: _Session, reporter: Reporter) -> float:
     """Train the remaining epochs; returns the seconds spent."""
     cfg, trainer, data = s.cfg, s.trainer, s.data
-    columns = metric_columns(trainer.terms)
+    columns = metric_columns(trainer.objective.terms)
     t_start = time.perf_counter()
     for epoch in range(s.start_epoch, cfg.epochs):
         s.epoch = epoch
-        row = trainer.run_epoch(epoch, reporter)
+        row = train_one_epoch(trainer, epoch, reporter)
         if data.val is not None:  # every epoch: it is what --select best-val chooses by
             val = data.val
             row["val_acc_primary"] = accuracy(
@@ -431,11 +427,11 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
         # the metrics rows up to the checkpoint's epoch, so a failed write never desyncs them
         s.run.write_metrics(columns, s.rows)
         state = trainer.state(epoch + 1)
-        if cfg.select == "best-val" and _selected_row(s.rows, cfg.select) is row:
+        if cfg.select == "best-val" and records.selected_row(s.rows, cfg.select) is row:
             s.run.save_checkpoint(state, s.run.best_path)
         s.run.save_checkpoint(state)
         s.manifest["epochs_completed"] = epoch + 1
-        s.manifest["final_metrics"] = _final_from_rows(s.rows, cfg.select)
+        s.manifest["final_metrics"] = records.final_from_rows(s.rows, cfg.select)
         s.run.write_manifest(s.manifest)
         reporter.end_epoch(epoch + 1, cfg.epochs, row)
         # --log last: experiment logs only ever hold epochs the run folder has committed
@@ -446,8 +442,10 @@ def _train_epochs(s: _Session, reporter: Reporter) -> float:
 
 
 def _complete(s: _Session, seconds: float) -> TrainResult:
-    chosen = _selected_row(s.rows, s.cfg.select)
-    measure = s.cfg.test and chosen is not None and _num(chosen.get("test_acc_primary")) is None
+    chosen = records.selected_row(s.rows, s.cfg.select)
+    measure = (
+        s.cfg.test and chosen is not None and records.num(chosen.get("test_acc_primary")) is None
+    )
     if measure and s.dist.main and chosen is not None:
         # --select best-val with --eval-every != 1: the chosen epoch's test accuracy is measured
         # now, from its checkpoint, and filled into its own row
@@ -457,10 +455,10 @@ def _complete(s: _Session, seconds: float) -> TrainResult:
         measured = evaluate_test(model, s.data, trainer.device, trainer.precision)
         chosen.update(measured)
         s.log.epoch({"epoch": chosen["epoch"], **measured})  # at the chosen epoch's step
-        s.run.write_metrics(metric_columns(trainer.terms), s.rows)
-        s.manifest["final_metrics"] = _final_from_rows(s.rows, s.cfg.select)
+        s.run.write_metrics(metric_columns(trainer.objective.terms), s.rows)
+        s.manifest["final_metrics"] = records.final_from_rows(s.rows, s.cfg.select)
     s.manifest["train_seconds"] = round(float(s.manifest.get("train_seconds") or 0) + seconds, 2)
-    _finish(s.run, s.manifest, "completed", None)
+    records.finish(s.run, s.manifest, "completed", None)
     s.log.close("completed")  # never raises: a failing logger only warns
     final = s.manifest["final_metrics"]
     return replace(_result(s.cfg, s.run.path, s.cfg.epochs, seconds, final), rank=s.dist.rank)
@@ -485,69 +483,7 @@ def _result(
     )
 
 
-def _num(v: Any) -> float | None:
-    return None if v in (None, "") else float(v)
-
-
-def _selected_row(rows: list[dict[str, Any]], select: str) -> dict[str, Any] | None:
-    """The epoch a run ends with: the last, or (--select best-val) the one with the best
-    validation accuracy, the later on a tie (same score, more training)."""
-    if select != "best-val":
-        return rows[-1] if rows else None
-    scored = [r for r in rows if _num(r.get("val_acc_primary")) is not None]
-    if not scored:
-        return rows[-1] if rows else None
-    return max(reversed(scored), key=lambda r: _num(r.get("val_acc_primary")) or 0.0)
-
-
-def _final_from_rows(rows: list[dict[str, Any]], select: str = "last") -> dict[str, Any]:
-    """The manifest's final_metrics: those of the selected epoch (its test accuracy is None when
-    it was not evaluated)."""
-    row = _selected_row(rows, select) or {}
-    return {
-        "primary_test_accuracy": _num(row.get("test_acc_primary")),
-        "auxiliary_test_accuracy": _num(row.get("test_acc_aux")),
-        "primary_train_accuracy": _num(row.get("train_acc_primary")),
-        "primary_val_accuracy": _num(row.get("val_acc_primary")),
-        "loss": _num(row.get("loss")),
-        "selection": select,
-        "selected_epoch": int(row["epoch"]) if row else None,
-    }
-
-
 # --------------------------------------------------------------------------- 4. the outcome
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives (like KeyboardInterrupt for SIGINT)."""
-
-
-class _Signals:
-    """SIGINT and SIGTERM as exceptions in the main thread while `armed`: the first one ends the
-    session through `_failure`, later ones are ignored so the run folder gets written."""
-
-    def __init__(self) -> None:
-        self.armed = True
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if not self.armed:
-            return
-        self.armed = False
-        raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
-
-
-@contextlib.contextmanager
-def _signals_as_interrupts() -> Iterator[_Signals]:
-    signals = _Signals()
-    if threading.current_thread() is not threading.main_thread():
-        yield signals  # handlers can only be set from the main thread; Python's defaults stay
-        return
-    previous = {s: signal.signal(s, signals.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield signals
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _failure(s: _Session | None, err: BaseException, d: Dist) -> JadeError | None:
@@ -559,7 +495,7 @@ def _failure(s: _Session | None, err: BaseException, d: Dist) -> JadeError | Non
             f"another torchrun process stopped before training started ({_one_line(err)}); "
             "its own message, if any, is above; nothing was written"
         )
-    if isinstance(err, (KeyboardInterrupt, _Terminated)):
+    if isinstance(err, (KeyboardInterrupt, TermSignal)):
         ctrl_c = isinstance(err, KeyboardInterrupt)
         cls, how = (Interrupted, "interrupted") if ctrl_c else (Terminated, "terminated (SIGTERM)")
         if s is None:
@@ -570,9 +506,9 @@ def _failure(s: _Session | None, err: BaseException, d: Dist) -> JadeError | Non
                 "this way when one of them exits (or when torchrun itself is stopped); that "
                 f"process's own message, if any, is above; {_kept(s)}; {_again(s)}"
             )
-            return cls(message + _finish(s.run, s.manifest, "failed", message))
+            return cls(message + records.finish(s.run, s.manifest, "failed", message))
         message = f"{how} during epoch {s.epoch + 1}; {_saved(s)}; {_again(s)}"
-        return cls(message + _finish(s.run, s.manifest, "interrupted", message))
+        return cls(message + records.finish(s.run, s.manifest, "interrupted", message))
     if s is None:
         return None  # before the run folder exists the error speaks for itself (or is a bug)
     where = f"epoch {s.epoch + 1}"
@@ -593,15 +529,15 @@ def _failure(s: _Session | None, err: BaseException, d: Dist) -> JadeError | Non
             f"permissions, then {_again(s)}"
         )
     elif isinstance(err, JadeError):
-        note = _finish(s.run, s.manifest, "failed", str(err))
+        note = records.finish(s.run, s.manifest, "failed", str(err))
         return TrainingFailed(f"{err}{note}") if note else err
     elif isinstance(err, Exception):
         rank = f"rank {d.rank} of {d.world_size}: " if d.enabled else ""
         message = f"{rank}training crashed in {where} ({_one_line(err)}); {_log(s.run, err)}"
     else:  # SystemExit and the like: record it, let it through
-        _finish(s.run, s.manifest, "failed", _one_line(err))
+        records.finish(s.run, s.manifest, "failed", _one_line(err))
         return None
-    return TrainingFailed(message + _finish(s.run, s.manifest, "failed", message))
+    return TrainingFailed(message + records.finish(s.run, s.manifest, "failed", message))
 
 
 def _done(s: _Session) -> int:
@@ -638,107 +574,3 @@ def _log(run: RunDir, err: BaseException) -> str:
         return f"details in {run.write_text(ERROR_LOG, text)}"
     except StorageError as failed:
         return f"the details could not be saved ({failed.reason})"
-
-
-def _mark(manifest: dict[str, Any], status: str, error: str | None) -> None:
-    """A session's outcome, in the manifest's data: status, end time, error, event."""
-    manifest["status"] = status
-    manifest["ended_at"] = _now()
-    manifest["error"] = error
-    manifest.setdefault("events", []).append({"time": manifest["ended_at"], "event": status})
-
-
-def _finish(run: RunDir, manifest: dict[str, Any], status: str, error: str | None) -> str:
-    """Record the session's outcome in the manifest; '' or a note saying it could not be."""
-    _mark(manifest, status, error)
-    try:
-        run.write_manifest(manifest)
-    except StorageError as err:  # the original error matters more than this write
-        return f"; {run.manifest_path} could not be updated ({err.reason})"
-    return ""
-
-
-# --------------------------------------------------------------------------- the manifest
-
-
-def _command(options: RunOptions) -> str:
-    return " ".join(shlex.quote(a) for a in options.command) if options.command else ""
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "numpy": str(np.__version__),
-        "platform": platform.platform(),
-    }
-
-
-def _datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
-    """What the manifest records about the datasets and the parts of them used."""
-    primary = dict(data.described["primary"])
-    primary["labeled"] = {
-        "size": len(data.labeled),
-        "per_class": data.labeled.class_counts(data.primary.num_classes),
-        "selection": cfg.labeled_selection if cfg.n_labeled != "all" else "all",
-        "file": LABELED,
-    }
-    if data.val is not None:  # held out of --n-labeled: scored every epoch, never trained on
-        primary["validation"] = {
-            "size": len(data.val),
-            "per_class": data.val.class_counts(data.primary.num_classes),
-            "select": cfg.select,
-        }
-    out = {"primary": primary}
-    if data.auxiliary is not None and data.aux_train is not None:
-        aux = dict(data.described["auxiliary"])
-        aux["used_train_size"] = len(data.aux_train)
-        aux["used_per_class"] = data.aux_train.class_counts(data.auxiliary.num_classes)
-        out["auxiliary"] = aux
-    return out
-
-
-def _checkpoints(cfg: TrainConfig) -> dict[str, str]:
-    """The manifest's checkpoints: last (what --resume continues) and the selected one."""
-    last = f"{CHECKPOINT_DIR}/{LAST}"
-    if cfg.select == "best-val":
-        best = f"{CHECKPOINT_DIR}/{BEST}"
-        return {"last": last, "best": best, "selected": best}
-    return {"last": last, "selected": last}
-
-
-def _new_manifest(
-    cfg: TrainConfig, options: RunOptions, data: TrainData, trainer: Trainer
-) -> dict[str, Any]:
-    started = _now()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "jadecli_version": __version__,
-        "command": _command(options),
-        "status": "running",
-        "started_at": started,
-        "ended_at": None,
-        "seed": cfg.seed,
-        "device": str(trainer.device),
-        "precision": trainer.precision,
-        "threads": torch.get_num_threads(),
-        "versions": _versions(),
-        "config": cfg.to_dict(),
-        "datasets": _datasets(cfg, data),
-        "training": {
-            "epoch_size": trainer.epoch_size,
-            "steps_per_epoch": trainer.steps_per_epoch,
-            "total_steps": trainer.steps_per_epoch * cfg.epochs,
-            "schedule_steps": trainer.schedule_steps,
-            "parameters": sum(p.numel() for p in trainer.model.parameters()),
-        },
-        "epochs_completed": 0,
-        "final_metrics": None,
-        "checkpoints": _checkpoints(cfg),
-        "metrics_file": "metrics.csv",
-        "error": None,
-        "events": [{"time": started, "event": "started", "command": _command(options)}],
-    }

@@ -327,8 +327,8 @@ def reconstruction_png(trainer: Trainer, data: TrainData, path: Path, title: str
     """The first test images of each class of both datasets, each over its reconstruction from
     the posterior means, as `jade reconstruct` draws them; None for a model without decoders."""
     from jadecli import plots
-    from jadecli.analysis.reconstruct import _display
-    from jadecli.model import AUXILIARY, JADE, PRIMARY
+    from jadecli.model import JADE
+    from jadecli.spec import AUXILIARY, PRIMARY
 
     model: RoleModel = trainer.eval_model
     if not isinstance(model, JADE) or data.auxiliary is None:
@@ -348,7 +348,7 @@ def reconstruction_png(trainer: Trainer, data: TrainData, path: Path, title: str
             with autocast(trainer.device, trainer.precision):
                 q = model.encoder(role)(x).float()
                 recon = model.decode(role, q.mu_s, q.mu_c)  # (n, C, H, W) in [0, 1]
-            rows += [_display(x, size), _display(recon, size)]
+            rows += [plots.to_display(x, size), plots.to_display(recon, size)]
             labels += [f"{role} ({dataset.name})", "reconstruction"]
             names.append([dataset.classes[int(y)] for y in dataset.test.labels[index]])
     finally:

@@ -1,4 +1,4 @@
-"""The loss terms of the three models; JADE's is equation 2 of the paper.
+"""The objective of the three models; JADE's is equation 2 of the paper.
 
 For a same-class pair (x_A auxiliary, x_P primary, label y), with every term averaged over the
 batch, each reconstruction summed over pixel values and each KL summed over latent dimensions:
@@ -14,55 +14,45 @@ with D the number of pixel values of each dataset's images (784 for 28x28 grey, 
 colour) and d_s, d_c the style and content latent sizes: under `--loss-scale mean` (the default)
 every term is a mean over its own elements, so a weight means the same whatever the image and
 latent sizes. `--loss-scale sum` (the paper's) sets D = d_s = d_c = 1: nats summed over pixels
-and latent dimensions.
+and latent dimensions. The paired classifier keeps the two cross-entropies, the single one the
+primary's.
 
 The primary's content prior is replaced by the paired auxiliary content posterior: this is what
 ties ("entangles") the two disentanglements together. Its gradient reaches both posteriors, and
 must: with the auxiliary side detached (tried), nothing but the weak prior KL keeps the
 auxiliary posterior wide, it narrows, the 1/variance in this KL explodes (42,000 nats on
-MNIST-M) and nothing is learned. `--ce-on-mean` adds the
-classifier's cross-entropy on the posterior means to that on the samples (each term is then the
-average of the two). SEP is the class-separation term of CCSA/d-SNE-style methods: over every
-different-class (auxiliary i, primary j) pair of the batch, relu(m - |mu^A_i - mu^P_j|)^2 / d_c
-with margin m = sqrt(2 d_c), the typical distance of two draws of the N(0, I) prior.
+MNIST-M) and nothing is learned. `--ce-on-mean` adds the classifier's cross-entropy on the
+posterior means to that on the samples (each term is then the average of the two). SEP is the
+class-separation term of CCSA/d-SNE-style methods: over every different-class (auxiliary i,
+primary j) pair of the batch, relu(m - |mu^A_i - mu^P_j|)^2 / d_c with margin m = sqrt(2 d_c),
+the typical distance of two draws of the N(0, I) prior.
 
 The KL of two diagonal Gaussians uses the correct closed form (the authors' code had
 `(logvar_A - mu_P)^2` in place of `(mu_A - mu_P)^2`).
+
+`Objective` is the one road from a model's outputs to the loss: built from the run's config and
+model spec, it owns every weight, the per-element scales and `--ce-on-mean`, and computes only
+the terms whose weight is not 0 (those are the loss columns of metrics.csv).
+
+    python -c "from jadecli.config import TrainConfig; from jadecli.spec import ModelSpec; \
+from jadecli.objective import Objective; o = Objective(TrainConfig(primary='mnist', \
+auxiliary='usps', n_labeled=100), ModelSpec('jade', 'shared', (1, 28, 28), (1, 28, 28), 10, 10, \
+10, 500, 0.0)); print(o.weights)"
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from jadecli.model import JADEOutput
+from jadecli.config import TrainConfig
+from jadecli.outputs import JADEOutput, StepOutput, TestOutput
+from jadecli.spec import ModelSpec
 
-
-@dataclass(frozen=True, kw_only=True)
-class LossWeights:
-    """The weight of each term of the objective (`--recon-weight`, ...), and the scale that makes
-    each term a mean over its elements (`--loss-scale mean`; all 1 for `sum`)."""
-
-    recon: float = 1.0
-    kl: float = 1.0
-    match: float = 1.0
-    separation: float = 0.0
-    aux_ce: float = 1.0
-    primary_ce: float = 1.0
-    # --loss-scale mean: 1 / pixel values of each dataset's images (1/784 for MNIST, 1/3072 for
-    # 32x32 RGB) for the reconstructions, 1 / latent size for the KLs; sum (the paper): 1
-    aux_scale: float = 1.0
-    primary_scale: float = 1.0
-    style_scale: float = 1.0
-    content_scale: float = 1.0
-
-
-# The order of the terms in metrics.csv and in divergence messages.
+# Every term of each model's objective, in the order of metrics.csv and divergence messages.
 TERMS = {
     "single": ("ce_primary",),
     "paired": ("ce_aux", "ce_primary"),
@@ -78,6 +68,63 @@ TERMS = {
         "ce_primary",
     ),
 }
+
+
+class Objective:
+    """Equation 2 with the run's weights: `objective(out, x_aux, x_primary, y)` -> (the weighted
+    loss, its unweighted terms), every term in fp32 whatever precision the forward ran in."""
+
+    def __init__(self, cfg: TrainConfig, spec: ModelSpec):
+        # the classifier also sees the content codes it predicts from (a forward-pass output
+        # the model computes when asked: `wants_mean_logits`)
+        self.ce_on_mean = spec.generative and cfg.ce_on_mean
+        self.weights = term_weights(cfg, spec)
+        # a term at weight 0 is not computed at all (the separation term is a B x B matrix)
+        self.terms = tuple(t for t in TERMS[spec.kind] if self.weights[t] != 0)
+
+    @property
+    def wants_mean_logits(self) -> bool:
+        return self.ce_on_mean
+
+    def __call__(
+        self,
+        out: StepOutput,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(out, JADEOutput):
+            assert x_aux is not None
+            terms = jade_terms(out, x_aux, x_primary, y, self.terms)
+        else:
+            terms = classifier_terms(out.logits_aux, out.logits_primary, y, self.terms)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        assert isinstance(total, torch.Tensor)
+        return total, terms
+
+
+def term_weights(cfg: TrainConfig, spec: ModelSpec) -> dict[str, float]:
+    """The weight of each term: its flag's value times, under `--loss-scale mean`, 1 / its
+    number of elements (pixel values of that dataset's images; latent dimensions)."""
+    aux = primary = style = content = 1.0
+    if cfg.loss_scale == "mean" and spec.auxiliary_shape is not None:
+        aux, primary = 1.0 / math.prod(spec.auxiliary_shape), 1.0 / math.prod(spec.primary_shape)
+        style, content = 1.0 / spec.style_dim, 1.0 / spec.content_dim
+    weights = {
+        "recon_aux": cfg.recon_weight * aux,
+        "recon_primary": cfg.recon_weight * primary,
+        "kl_style_aux": cfg.kl_weight * style,
+        "kl_content_aux": cfg.kl_weight * content,
+        "kl_style_primary": cfg.kl_weight * style,
+        "kl_match": cfg.match_weight * content,
+        "separation": cfg.separation_weight,
+        "ce_aux": cfg.aux_ce_weight,
+        "ce_primary": cfg.primary_ce_weight,
+    }
+    return {t: weights[t] for t in TERMS[spec.kind]}
+
+
+# --------------------------------------------------------------------------- the terms
 
 
 def kl_normal(
@@ -109,15 +156,6 @@ def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return bce.flatten(1).sum(1)
 
 
-def classifier_terms(
-    logits_aux: torch.Tensor | None, logits_primary: torch.Tensor, y: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The classification terms (single: the primary's only; paired: both), in fp32."""
-    terms = {} if logits_aux is None else {"ce_aux": F.cross_entropy(logits_aux.float(), y)}
-    terms["ce_primary"] = F.cross_entropy(logits_primary.float(), y)
-    return terms
-
-
 def separation(mu_aux: torch.Tensor, mu_primary: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over different-class (auxiliary i, primary j) pairs of relu(m - |mu_a_i - mu_p_j|)^2
     / d, with m = sqrt(2 d) (d: the content size): pushes content codes of different classes at
@@ -129,46 +167,60 @@ def separation(mu_aux: torch.Tensor, mu_primary: torch.Tensor, y: torch.Tensor) 
     return (hinge * differ).sum() / differ.sum().clamp_min(1.0)
 
 
+def classifier_terms(
+    logits_aux: torch.Tensor | None,
+    logits_primary: torch.Tensor,
+    y: torch.Tensor,
+    wanted: Collection[str] = TERMS["paired"],
+) -> dict[str, torch.Tensor]:
+    """The classification terms (single: the primary's only; paired: both), in fp32."""
+    terms = {}
+    if logits_aux is not None and "ce_aux" in wanted:
+        terms["ce_aux"] = F.cross_entropy(logits_aux.float(), y)
+    if "ce_primary" in wanted:
+        terms["ce_primary"] = F.cross_entropy(logits_primary.float(), y)
+    return terms
+
+
 def jade_terms(
     out: JADEOutput,
     x_aux: torch.Tensor,
     x_primary: torch.Tensor,
     y: torch.Tensor,
+    wanted: Collection[str] = TERMS["jade"],
 ) -> dict[str, torch.Tensor]:
-    """Unweighted batch means of every JADE loss term (keys as in TERMS["jade"]), in fp32
-    whatever precision the forward pass ran in."""
+    """Unweighted batch means of the JADE terms in `wanted` (keys in TERMS["jade"] order), in
+    fp32 whatever precision the forward pass ran in."""
     qa, qp = out.q_aux.float(), out.q_primary.float()
-    terms = {
-        "recon_aux": reconstruction_bce(out.recon_aux.float(), x_aux).mean(),
-        "recon_primary": reconstruction_bce(out.recon_primary.float(), x_primary).mean(),
-        "kl_style_aux": kl_standard_normal(qa.mu_s, qa.logvar_s).mean(),
-        "kl_content_aux": kl_standard_normal(qa.mu_c, qa.logvar_c).mean(),
-        "kl_style_primary": kl_standard_normal(qp.mu_s, qp.logvar_s).mean(),
-        "kl_match": kl_normal(qp.mu_c, qp.logvar_c, qa.mu_c, qa.logvar_c).mean(),
-        "separation": separation(qa.mu_c, qp.mu_c, y),
-        "ce_aux": F.cross_entropy(out.logits_aux.float(), y),
-        "ce_primary": F.cross_entropy(out.logits_primary.float(), y),
+    compute = {
+        "recon_aux": lambda: reconstruction_bce(out.recon_aux.float(), x_aux).mean(),
+        "recon_primary": lambda: reconstruction_bce(out.recon_primary.float(), x_primary).mean(),
+        "kl_style_aux": lambda: kl_standard_normal(qa.mu_s, qa.logvar_s).mean(),
+        "kl_content_aux": lambda: kl_standard_normal(qa.mu_c, qa.logvar_c).mean(),
+        "kl_style_primary": lambda: kl_standard_normal(qp.mu_s, qp.logvar_s).mean(),
+        "kl_match": lambda: kl_normal(qp.mu_c, qp.logvar_c, qa.mu_c, qa.logvar_c).mean(),
+        "separation": lambda: separation(qa.mu_c, qp.mu_c, y),
+        "ce_aux": lambda: F.cross_entropy(out.logits_aux.float(), y),
+        "ce_primary": lambda: F.cross_entropy(out.logits_primary.float(), y),
     }
-    if out.mean_logits_aux is not None and out.mean_logits_primary is not None:  # --ce-on-mean
-        terms["ce_aux"] = 0.5 * (terms["ce_aux"] + F.cross_entropy(out.mean_logits_aux.float(), y))
-        ce_mean_p = F.cross_entropy(out.mean_logits_primary.float(), y)
-        terms["ce_primary"] = 0.5 * (terms["ce_primary"] + ce_mean_p)
+    terms = {name: compute[name]() for name in TERMS["jade"] if name in wanted}
+    # --ce-on-mean: each cross-entropy is the average of those on samples and on means
+    for name, mean_logits in (
+        ("ce_aux", out.mean_logits_aux),
+        ("ce_primary", out.mean_logits_primary),
+    ):
+        if mean_logits is not None and name in terms:
+            terms[name] = 0.5 * (terms[name] + F.cross_entropy(mean_logits.float(), y))
     return terms
 
 
-def weighted_total(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
-    """Equation 2 with the configured weights; works for all three models' term sets."""
-    weight = {
-        "recon_aux": w.recon * w.aux_scale,
-        "recon_primary": w.recon * w.primary_scale,
-        "kl_style_aux": w.kl * w.style_scale,
-        "kl_content_aux": w.kl * w.content_scale,
-        "kl_style_primary": w.kl * w.style_scale,
-        "kl_match": w.match * w.content_scale,
-        "separation": w.separation,
-        "ce_aux": w.aux_ce,
-        "ce_primary": w.primary_ce,
+def elbo_terms(out: TestOutput, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image (B,), the test ELBO's terms in nats (one z ~ q(z | x); the content prior is
+    N(0, I) for both datasets): reconstruction, style KL, content KL."""
+    assert out.q is not None and out.recon is not None
+    q = out.q
+    return {
+        "recon": reconstruction_bce(out.recon.float(), x),
+        "kl_style": kl_standard_normal(q.mu_s, q.logvar_s),
+        "kl_content": kl_standard_normal(q.mu_c, q.logvar_c),
     }
-    total = sum(weight[name] * value for name, value in terms.items())
-    assert isinstance(total, torch.Tensor)
-    return total

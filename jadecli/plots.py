@@ -28,6 +28,7 @@ import numpy as np
 from jadecli.run import atomic_write
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -293,19 +294,8 @@ def plot_probe(path: Path, rows: list[dict[str, object]], title: str) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    if not rows:
-        raise ValueError("plot_probe needs at least one row")
-    for r in rows:
-        missing = {"factor", "metric", "content", "style", "chance"} - set(r)
-        if missing:
-            raise ValueError(f"probe row {r!r} lacks keys {sorted(missing)}")
-        if r["metric"] not in ("accuracy", "r2"):
-            raise ValueError(f"probe metric must be 'accuracy' or 'r2', got {r['metric']!r}")
-
-    def num(v: object) -> float | None:
-        return None if v is None else float(v)  # type: ignore[arg-type]
-
-    scores = [s for r in rows for s in (num(r["content"]), num(r["style"])) if s is not None]
+    _check_probe_rows(rows)
+    scores = [s for r in rows for s in (_score(r["content"]), _score(r["style"])) if s is not None]
     lo = max(min([0.0, *scores]), -1.0)
     n = len(rows)
     fig = _new_figure(7.0, 0.7 * n + 1.6)
@@ -313,24 +303,10 @@ def plot_probe(path: Path, rows: list[dict[str, object]], title: str) -> None:
     height = 0.38
     for i, r in enumerate(rows):
         for key, offset in (("content", -height / 2), ("style", height / 2)):
-            s = num(r[key])
-            if s is None:
-                continue
-            y = i + offset
-            shown = max(s, lo)
-            ax.barh(y, shown, height=height * 0.95, color=GROUP_COLOURS[key])
-            # value beside the bar end, or inside it when it would run past the right edge
-            inside = shown > 0.85
-            ax.text(
-                shown - 0.01 if inside else max(shown, 0.0) + 0.01,
-                y,
-                f"{s:.2f}",
-                ha="right" if inside else "left",
-                va="center",
-                fontsize=7,
-                color="white" if inside else "black",
-            )
-        chance = num(r["chance"])
+            s = _score(r[key])
+            if s is not None:
+                _probe_bar(ax, i + offset, s, lo, height, GROUP_COLOURS[key])
+        chance = _score(r["chance"])
         if chance is not None:
             ax.plot([chance, chance], [i - height, i + height], color="black", ls="--", lw=1.2)
     labels = [f"{r['factor']} ({'accuracy' if r['metric'] == 'accuracy' else 'R²'})" for r in rows]
@@ -349,6 +325,40 @@ def plot_probe(path: Path, rows: list[dict[str, object]], title: str) -> None:
     _save(fig, path)
 
 
+def _check_probe_rows(rows: list[dict[str, object]]) -> None:
+    """Fail with a clear message before drawing anything from rows plot_probe cannot read."""
+    if not rows:
+        raise ValueError("plot_probe needs at least one row")
+    for r in rows:
+        missing = {"factor", "metric", "content", "style", "chance"} - set(r)
+        if missing:
+            raise ValueError(f"probe row {r!r} lacks keys {sorted(missing)}")
+        if r["metric"] not in ("accuracy", "r2"):
+            raise ValueError(f"probe metric must be 'accuracy' or 'r2', got {r['metric']!r}")
+
+
+def _score(v: object) -> float | None:
+    """A probe row's score as a float; None (no score) stays None."""
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
+def _probe_bar(ax: Axes, y: float, score: float, lo: float, height: float, colour: str) -> None:
+    """One probe score's bar, cut at the axis' left edge `lo`, with its true value written
+    beside the bar's end, or inside it when it would run past the right edge."""
+    shown = max(score, lo)
+    ax.barh(y, shown, height=height * 0.95, color=colour)
+    inside = shown > 0.85
+    ax.text(
+        shown - 0.01 if inside else max(shown, 0.0) + 0.01,
+        y,
+        f"{score:.2f}",
+        ha="right" if inside else "left",
+        va="center",
+        fontsize=7,
+        color="white" if inside else "black",
+    )
+
+
 # ------------------------------------------------------------------------------- image grid
 
 
@@ -364,11 +374,7 @@ def save_image_grid(
     """A labelled grid of images, `images` (R, Cc, H, W, 3) or (R, Cc, H, W) in [0, 1]: cells
     upscaled `scale` times (nearest), separated by a 2-pixel white gutter, grayscale shown as gray,
     `blank` (R, Cc) cells left empty, row labels on the left, column labels on top, no frame."""
-    imgs = np.asarray(images, dtype=float)
-    if imgs.ndim == 4:
-        imgs = np.repeat(imgs[..., None], 3, axis=-1)  # gray as gray, not through a colormap
-    if imgs.ndim != 5 or imgs.shape[-1] != 3:
-        raise ValueError(f"images must be (R, C, H, W) or (R, C, H, W, 3), got {images.shape}")
+    imgs = _grid_cells(images)  # (R, Cc, H, W, 3)
     n_rows, n_cols, h, w, _ = imgs.shape
     if row_labels is not None and len(row_labels) != n_rows:
         raise ValueError(f"{len(row_labels)} row labels for {n_rows} rows")
@@ -378,18 +384,7 @@ def save_image_grid(
         raise ValueError(f"blank has shape {np.shape(blank)}, expected ({n_rows}, {n_cols})")
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
-
-    # Compose the grid in numpy so each image pixel becomes exactly scale x scale screen pixels.
-    gutter = 2
-    ch, cw = h * scale, w * scale
-    canvas = np.ones((n_rows * (ch + gutter) - gutter, n_cols * (cw + gutter) - gutter, 3))
-    cells = np.clip(np.nan_to_num(imgs, nan=0.0), 0.0, 1.0)
-    for i in range(n_rows):
-        for j in range(n_cols):
-            if blank is not None and blank[i, j]:
-                continue
-            y0, x0 = i * (ch + gutter), j * (cw + gutter)
-            canvas[y0 : y0 + ch, x0 : x0 + cw] = cells[i, j].repeat(scale, 0).repeat(scale, 1)
+    canvas = _compose_grid(imgs, blank, scale)
 
     # The axes is exactly the canvas size in pixels; labels and title sit outside it and
     # bbox_inches="tight" grows the saved image to hold them.
@@ -403,15 +398,67 @@ def save_image_grid(
         side.set_visible(False)
     ax.tick_params(length=0, labelsize=7, pad=3)
     ax.xaxis.tick_top()
+    _label_grid(ax, row_labels, col_labels, h * scale, w * scale)
+    ax.set_title(title, fontsize=9)  # placed above the top tick labels automatically
+    _save(fig, path, tight=True)
+
+
+GRID_GUTTER = 2  # pixels of white between the cells of an image grid
+
+
+def _grid_cells(images: np.ndarray) -> np.ndarray:
+    """save_image_grid's images as floats (R, Cc, H, W, 3), grayscale repeated into RGB."""
+    imgs = np.asarray(images, dtype=float)
+    if imgs.ndim == 4:
+        imgs = np.repeat(imgs[..., None], 3, axis=-1)  # gray as gray, not through a colormap
+    if imgs.ndim != 5 or imgs.shape[-1] != 3:
+        raise ValueError(f"images must be (R, C, H, W) or (R, C, H, W, 3), got {images.shape}")
+    return imgs
+
+
+def _compose_grid(imgs: np.ndarray, blank: np.ndarray | None, scale: int) -> np.ndarray:
+    """The grid as one RGB canvas, composed in numpy so that each image pixel becomes exactly
+    scale x scale screen pixels: cells (R, Cc, H, W, 3) on white, `blank` cells left white."""
+    n_rows, n_cols, h, w, _ = imgs.shape
+    ch, cw = h * scale, w * scale
+    canvas = np.ones(
+        (n_rows * (ch + GRID_GUTTER) - GRID_GUTTER, n_cols * (cw + GRID_GUTTER) - GRID_GUTTER, 3)
+    )
+    cells = np.clip(np.nan_to_num(imgs, nan=0.0), 0.0, 1.0)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            if blank is not None and blank[i, j]:
+                continue
+            y0, x0 = i * (ch + GRID_GUTTER), j * (cw + GRID_GUTTER)
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = cells[i, j].repeat(scale, 0).repeat(scale, 1)
+    return canvas
+
+
+def _label_grid(
+    ax: Axes, row_labels: list[str] | None, col_labels: list[str] | None, ch: int, cw: int
+) -> None:
+    """Column labels over the centres of the cells (ch x cw pixels), rotated 90 degrees when
+    one is too wide for a cell, row labels to their left; no ticks where there are no labels."""
     if col_labels is not None:
         rotate = 90 if max((len(c) for c in col_labels), default=0) * 5 > cw else 0
-        ax.set_xticks([j * (cw + gutter) + cw / 2 for j in range(n_cols)], col_labels)
+        ax.set_xticks([j * (cw + GRID_GUTTER) + cw / 2 for j in range(len(col_labels))], col_labels)
         ax.tick_params(axis="x", labelrotation=rotate)
     else:
         ax.set_xticks([])
     if row_labels is not None:
-        ax.set_yticks([i * (ch + gutter) + ch / 2 for i in range(n_rows)], row_labels)
+        ax.set_yticks([i * (ch + GRID_GUTTER) + ch / 2 for i in range(len(row_labels))], row_labels)
     else:
         ax.set_yticks([])
-    ax.set_title(title, fontsize=9)  # placed above the top tick labels automatically
-    _save(fig, path, tight=True)
+
+
+def to_display(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H', W', 3) numpy at a common display size
+    (what every image grid draws: grey as 3 equal channels, sizes resized to one)."""
+    import torch.nn.functional as F
+
+    x = x.float().cpu()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+    return x.permute(0, 2, 3, 1).numpy()

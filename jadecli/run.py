@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from jadecli import __version__
-from jadecli.errors import RunDirError, StorageError
+from jadecli.errors import RunDirError, StorageError, UsageError
 
 # The run folder's formats. A folder or checkpoint of another version gets one line naming the
 # version that wrote it; there are no compatibility layers for unreleased versions.
@@ -90,6 +90,35 @@ def _nearest_existing(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def make_folders(out: Path, flag: str) -> list[Path]:
+    """Create the missing folders above file `out` (`--out` of export and predict, as train's
+    run folder); returns those it made, outermost first, for `remove_folders` on failure."""
+    missing = []
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {out}: {folder} is a file, not a folder; choose another {flag}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {out}: cannot create the folder {out.parent} ({err.strerror}); choose "
+            f"another {flag}"
+        ) from None
+    return list(reversed(missing))
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders `make_folders` made, innermost first, while they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def is_run_dir(path: Path) -> bool:

@@ -9,8 +9,8 @@ of its own with its status and is never part of a mean.
     jade summarize 'runs/sweep/*' --format csv --out sweep.csv
 
 The grouping works on `RunRecord`s, manifest-like records that need not come from a run folder
-(benchmarks/accuracy.py builds them from its own results), and `mean_std` is the one place a
-"mean ± std" cell is computed and written (benchmarks/stats.py re-exports it).
+(benchmarks.accuracy builds them from its own results), and `mean_std` is the one place a
+"mean ± std" cell is computed and written (every benchmark uses it).
 
 This module imports neither torch nor the engine: reading a hundred manifests takes a moment.
 """

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_example, shell_env
 from PIL import Image
 
 from jadecli.cli import app
+from tests.helpers import run_example, shell_env
 
 
 @pytest.fixture()
@@ -425,7 +425,7 @@ def test_failed_and_running_runs_are_analysed_with_a_warning(runner, run_copy):
 
 
 def test_moved_data_is_found_with_data_dir(runner, tmp_path):
-    from conftest import TINY, make_mnist
+    from tests.helpers import TINY, make_mnist
 
     data = make_mnist(tmp_path / "data")
     run = tmp_path / "run"
@@ -450,7 +450,7 @@ def test_moved_data_is_found_with_data_dir(runner, tmp_path):
 
 
 def test_moved_folder_dataset_is_found(runner, tmp_path):
-    from conftest import TINY, make_folder
+    from tests.helpers import TINY, make_folder
 
     data = make_folder(tmp_path / "work" / "scans", n_train=10, n_test=4)
     work = tmp_path / "work"

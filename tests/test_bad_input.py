@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_folder, make_mnist
 
 from jadecli.cli import app
+from tests.helpers import TINY, make_folder, make_mnist
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -76,21 +76,35 @@ def test_bad_flag_values(runner, data, tmp_path, extra, code, needles):
 
 
 @pytest.mark.parametrize(
-    "args, needles",
+    "args, code, needles",
     [
-        (["--primary", "cifar"], ["--primary 'cifar'", "unknown dataset"]),
-        (["--auxiliary", "kmnist"], ["--auxiliary 'kmnist'", "unknown dataset"]),
-        (["--primary", "svhn"], ["svhn: missing", "train_32x32.mat"]),
-        (["--primary", "folder:does/not/exist"], ["no such folder"]),
+        # a name that is no dataset is a bad flag value, said before anything loads
+        (["--primary", "cifar"], 2, ["--primary must be one of", "(got 'cifar')"]),
+        (["--auxiliary", "kmnist"], 2, ["--auxiliary must be one of", "(got 'kmnist')"]),
+        (["--primary", "mnistm"], 2, ["(got 'mnistm'); did you mean mnist-m?"]),
+        (["--primary", "folder:"], 2, ["folder: needs a path"]),
+        # a known dataset whose files are not there is a data error
+        (["--primary", "svhn"], 1, ["svhn: missing", "train_32x32.mat"]),
+        (["--primary", "folder:does/not/exist"], 1, ["no such folder"]),
     ],
 )
-def test_bad_datasets(runner, data, tmp_path, args, needles):
+def test_bad_datasets(runner, data, tmp_path, args, code, needles):
     out = tmp_path / "run"
     full = mnist_args(data, out)
     for flag, value in zip(args[::2], args[1::2], strict=True):
         full[full.index(flag) + 1] = value
-    assert_clean_error(runner.invoke(app, full), 1, *needles)
+    result = runner.invoke(app, full)
+    assert_clean_error(result, code, *needles)
     assert not out.exists()
+    if code == 2:
+        assert "loading" not in result.output  # refused before any dataset was read
+
+
+def test_a_folder_given_without_folder_prefix_is_pointed_at_it(runner, data, tmp_path):
+    (tmp_path / "scans").mkdir()
+    full = mnist_args(data, tmp_path / "run")
+    full[full.index("--primary") + 1] = str(tmp_path / "scans")
+    assert_clean_error(runner.invoke(app, full), 2, f"write folder:{tmp_path / 'scans'}")
 
 
 def test_missing_required_flags(runner, tmp_path):

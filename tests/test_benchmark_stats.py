@@ -3,35 +3,20 @@ benchmarks/search.py built on it, without training anything."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ("stats", "accuracy", "search")
-
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[SimpleNamespace]:
-    """The scripts by path: benchmarks/ is no package, its scripts import each other by name
-    from their own folder, as `python benchmarks/search.py` does."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        mods: dict[str, ModuleType] = {n: importlib.import_module(n) for n in SCRIPTS}
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    for name, mod in mods.items():
-        assert Path(mod.__file__ or "") == BENCHMARKS / f"{name}.py"
-    yield SimpleNamespace(**mods)
-    for name in SCRIPTS:
-        sys.modules.pop(name, None)
+def bench() -> SimpleNamespace:
+    """The benchmark modules, as `python -m benchmarks.search` imports them."""
+    from benchmarks import accuracy, search, stats
+
+    return SimpleNamespace(stats=stats, accuracy=accuracy, search=search)
 
 
 # --------------------------------------------------------------------------- stats.paired_ci
@@ -107,11 +92,23 @@ def test_identical_differences(bench):
     assert zero.p_value == 1.0 and not zero.significant
 
 
-def test_mean_std_moved_and_still_importable_from_accuracy(bench):
-    assert bench.stats.mean_std([]) == "-"
-    assert bench.stats.mean_std([2.0]) == "2.00"
-    assert bench.stats.mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
-    assert bench.accuracy.mean_std is bench.stats.mean_std  # batch_norm.py imports it there
+def test_every_benchmark_formats_mean_std_with_the_packages_one():
+    import ast
+    from pathlib import Path
+
+    from jadecli.summarize import mean_std
+
+    assert mean_std([]) == "-"
+    assert mean_std([2.0]) == "2.00"
+    assert mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    for path in folder.glob("*.py"):
+        defined = [
+            n.name
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.FunctionDef) and n.name == "mean_std"
+        ]
+        assert not defined, f"{path.name} defines its own mean_std"
 
 
 # --------------------------------------------------------------------------- accuracy.py

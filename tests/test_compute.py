@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, make_mnist, tiny_synth_args
 
 from jadecli import compute
 from jadecli.cli import app
@@ -17,7 +16,8 @@ from jadecli.config import TrainConfig
 from jadecli.data.pair import training_data
 from jadecli.errors import UsageError
 from jadecli.progress import NullReporter
-from jadecli.trainer import Trainer
+from jadecli.trainer import Trainer, train_one_epoch
+from tests.helpers import TINY, make_mnist, tiny_synth_args
 
 CUDA = torch.cuda.is_available()
 CPU = torch.device("cpu")
@@ -29,9 +29,6 @@ def manifest(run: Path) -> dict:
 
 def test_precision_resolution(monkeypatch):
     assert compute.resolve_precision("fp32", CPU) == "fp32"
-    monkeypatch.setattr(compute, "AUTO_BF16", False)
-    assert compute.resolve_precision("auto", CPU) == "fp32"
-    monkeypatch.setattr(compute, "AUTO_BF16", True)
     expected = "bf16" if compute.native_bf16(CPU) else "fp32"
     assert compute.resolve_precision("auto", CPU) == expected
     monkeypatch.setattr(compute, "native_bf16", lambda device: False)
@@ -63,27 +60,30 @@ def _trainer(synth_dir: Path, model: str, precision: str) -> Trainer:
         hidden_dim=32,
         precision=precision,
     )
-    return Trainer(cfg, training_data(cfg, NullReporter()), CPU, precision)
+    cfg, data = training_data(cfg, NullReporter())
+    return Trainer(cfg, data, CPU, precision)
 
 
 def test_training_images_stay_8_bit_and_each_batch_is_converted_on_the_device(synth_dir):
     trainer = _trainer(synth_dir, "jade", "fp32")
     for resident, source in (
-        (trainer.lab_x, trainer.data.labeled.images),
-        (trainer.aux_x, trainer.data.aux_train.images),
+        (trainer.batches.lab_x, trainer.data.labeled.images),
+        (trainer.batches.aux_x, trainer.data.aux_train.images),
     ):
         # on the CPU the loaded uint8 tensor itself, not a float copy (4x the memory)
         assert resident.dtype == torch.uint8
         assert resident.data_ptr() == source.data_ptr()
     index = torch.tensor([3, 0, 7])
-    batch = trainer._gather(trainer.aux_x, index)  # (3, C, H, W)
+    batch = trainer.batches._gather(trainer.batches.aux_x, index)  # (3, C, H, W)
     assert batch.dtype == torch.float32
     assert batch.is_contiguous(memory_format=torch.channels_last)
     source = trainer.data.aux_train.images[index]
     torch.testing.assert_close(batch, source.float() / 255, rtol=0, atol=1e-7)
     torch.manual_seed(0)
-    xa, xp, _ = trainer.batch((index, torch.tensor([1, 2, 4])))
-    assert xa.dtype == xp.dtype == torch.float32 and 0 <= float(xa.min()) <= float(xa.max()) <= 1
+    b = trainer.batches._batch((index, torch.tensor([1, 2, 4])), 1.0)
+    xa, xp = b.x_aux, b.x_primary
+    assert xa is not None and xa.dtype == xp.dtype == torch.float32
+    assert 0 <= float(xa.min()) <= float(xa.max()) <= 1
 
 
 @pytest.mark.parametrize("model", ["single", "paired", "jade"])
@@ -95,7 +95,8 @@ def test_a_bf16_forward_pass_is_bf16_and_within_its_rounding_of_fp32(synth_dir, 
     are left out: torch draws bf16 noise differently from fp32 noise.)"""
     trainer = _trainer(synth_dir, model, "fp32")
     torch.manual_seed(0)
-    x_aux, x_primary, y = trainer.batch(tuple(o[:50] for o in trainer._order(0)))
+    _, b = next(trainer.batches.epoch(0))
+    x_aux, x_primary, y = b.x_aux, b.x_primary, b.y
     net = trainer.model.eval()
     z = torch.randn(50, 20)  # (B, style + content) for the decoders
     outputs: dict[str, dict[str, torch.Tensor]] = {}
@@ -109,8 +110,8 @@ def test_a_bf16_forward_pass_is_bf16_and_within_its_rounding_of_fp32(synth_dir, 
                     out.update({f"{role} {k}": v for k, v in net.codes(role, x).items()})
                     out[f"{role} decoded"] = net.decode(role, z[:, :10], z[:, 10:])
             outputs[precision] = out
-            train_out = net.forward_train(x_aux, x_primary)
-            terms = net.loss_terms(train_out, x_aux, x_primary, y)
+            train_out = net.forward_train(x_aux, x_primary, trainer.objective.wants_mean_logits)
+            _, terms = trainer.objective(train_out, x_aux, x_primary, y)
         assert all(t.dtype == torch.float32 for t in terms.values())  # loss terms stay fp32
     assert outputs["bf16"]["primary"].dtype == torch.bfloat16
     for name, a in outputs["fp32"].items():
@@ -221,8 +222,10 @@ def test_cuda_trainer_keeps_data_on_the_gpu_and_fuses_adam(synth_dir):
         device="cuda",
     )
     dev = torch.device("cuda")
-    trainer = Trainer(cfg, training_data(cfg, NullReporter()), dev, "bf16")
-    assert trainer.lab_x.is_cuda and trainer.aux_x.is_cuda and trainer.lab_y.is_cuda
+    cfg, data = training_data(cfg, NullReporter())
+    trainer = Trainer(cfg, data, dev, "bf16")
+    b = trainer.batches
+    assert b.lab_x.is_cuda and b.aux_x is not None and b.aux_x.is_cuda and b.lab_y.is_cuda
     assert trainer.optimizer.defaults.get("fused") is True
-    row = trainer.run_epoch(0, NullReporter())
+    row = train_one_epoch(trainer, 0, NullReporter())
     assert row["loss"] > 0

@@ -10,13 +10,14 @@ from torch.distributions import Normal, kl_divergence
 
 from jadecli.data.sampling import IndexStream, PairSampler, first_per_class, labeled_subset
 from jadecli.errors import UsageError
-from jadecli.model import JADE, ModelSpec, build_model
+from jadecli.model import JADE, build_model
 from jadecli.objective import (
     jade_terms,
     kl_normal,
     kl_standard_normal,
     reconstruction_bce,
 )
+from jadecli.spec import ModelSpec
 
 CLASSES = [str(d) for d in range(10)]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder, make_mnist, make_svhn
 from PIL import Image
 
 from jadecli.data.registry import align_classes, load_dataset, resize_images
 from jadecli.errors import DataError
+from tests.helpers import make_folder, make_mnist, make_svhn
 
 
 def warnings_list() -> tuple[list[str], object]:

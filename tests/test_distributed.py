@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_example, shell_env
 
 from jadecli.cli import app
 from jadecli.distributed import Dist, from_env, rank_device, share
 from jadecli.errors import UsageError
+from tests.helpers import TINY, run_example, shell_env
 
 WORKER = Path(__file__).resolve().parent / "torchrun_worker.py"
 

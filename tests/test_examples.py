@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXAMPLES, TINY, make_folder, make_mnist, make_svhn, run_example, shell_env
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig, load_yaml_config
+from tests.helpers import EXAMPLES, TINY, make_folder, make_mnist, make_svhn, run_example, shell_env
 
 DIGITS = tuple(str(d) for d in range(10))
 # The configs' labeled and auxiliary sizes shrink to fit the tiny files; everything else is theirs.

@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import load_ckpt, make_folder, make_mnist, tiny_synth_args
 
 import jadecli.engine as engine
-import jadecli.model
+import jadecli.objective
 import jadecli.run
 from jadecli.cli import app
 from jadecli.config import TrainConfig
 from jadecli.engine import RunOptions, resume, train
 from jadecli.errors import Interrupted, Terminated
+from jadecli.optim import lr_at
 from jadecli.progress import NullReporter
-from jadecli.trainer import lr_at
+from tests.helpers import load_ckpt, make_folder, make_mnist, tiny_synth_args
 
 
 def manifest(run: Path) -> dict:
@@ -36,7 +36,7 @@ def manifest(run: Path) -> dict:
 
 def poison_step(monkeypatch, at_call: int, term: str) -> None:
     """Make the JADE objective return a NaN `term` from its `at_call`-th call on."""
-    real = jadecli.model.jade_terms
+    real = jadecli.objective.jade_terms
     calls = {"n": 0}
 
     def patched(*args, **kwargs):
@@ -46,7 +46,7 @@ def poison_step(monkeypatch, at_call: int, term: str) -> None:
             terms[term] = terms[term] * float("nan")
         return terms
 
-    monkeypatch.setattr(jadecli.model, "jade_terms", patched)
+    monkeypatch.setattr(jadecli.objective, "jade_terms", patched)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
@@ -370,12 +370,14 @@ def test_a_crash_leaves_status_failed_and_a_traceback_file(small_data, tmp_path,
     ("schedule", "end"), [("cosine", 1e-5), ("step", 1e-4), ("constant", 1e-3)]
 )
 def test_the_lr_schedule_is_planned_once_and_holds_its_final_rate_beyond(schedule, end):
-    cfg = TrainConfig(primary="mnist", auxiliary="mnist", n_labeled=10, lr_schedule=schedule)
-    assert lr_at(cfg, 0, 100) == pytest.approx(1e-3)
-    assert lr_at(cfg, 100, 100) == pytest.approx(end)
+    def rate(step: int, steps: int) -> float:
+        return lr_at(schedule, 1e-3, step, steps)
+
+    assert rate(0, 100) == pytest.approx(1e-3)
+    assert rate(100, 100) == pytest.approx(end)
     for step in (101, 150, 10_000):  # epochs added by a resume with a larger --epochs
-        assert lr_at(cfg, step, 100) == lr_at(cfg, 100, 100)
-    rates = [lr_at(cfg, step, 100) for step in range(201)]
+        assert rate(step, 100) == rate(100, 100)
+    rates = [rate(step, 100) for step in range(201)]
     assert all(a >= b for a, b in itertools.pairwise(rates))  # never goes back up
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fingerprint, tiny_synth_args
 from PIL import Image
 from test_failures import poison_step
 
 from jadecli.cli import app
 from jadecli.logs import metric_name
+from tests.helpers import fingerprint, tiny_synth_args
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")

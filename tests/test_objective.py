@@ -16,23 +16,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_mnist, make_svhn, tiny_synth_args
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig
 from jadecli.data.pair import training_data
-from jadecli.model import (
-    AUXILIARY,
-    PRIMARY,
-    JADEOutput,
-    ModelSpec,
-    Posterior,
-    StepOutput,
-    build_model,
-)
-from jadecli.objective import TERMS, LossWeights, weighted_total
+from jadecli.model import build_model
+from jadecli.objective import TERMS, Objective, jade_terms
+from jadecli.outputs import JADEOutput, Posterior, StepOutput
 from jadecli.progress import NullReporter
-from jadecli.trainer import Trainer, loss_weights
+from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
+from jadecli.trainer import Trainer
+from tests.helpers import make_mnist, make_svhn, tiny_synth_args
 
 AUX_SHAPE, PRIMARY_SHAPE = (1, 4, 4), (3, 4, 4)  # different pixel counts: 16 vs 48
 B, S, C, K = 3, 2, 3, 4  # batch, style dim, content dim, classes (S != C: their scales)
@@ -55,6 +49,19 @@ def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
 # distinct weights, so that a term given another term's weight is caught
 WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, separation=0.11, aux_ce=0.37, primary_ce=5.0)
 WEIGHT_FIELDS = {f"{name}_weight": value for name, value in WEIGHTS.items()}  # TrainConfig's
+
+
+def objective_for(kind: str, loss_scale: str = "mean", **options) -> Objective:
+    """The objective of a `kind` run with the WEIGHTS its model uses (and, for JADE,
+    `loss_scale`): the jade-only options are refused for the classifiers."""
+    fields = {k: v for k, v in WEIGHT_FIELDS.items() if kind == "jade" or "ce" in k}
+    if kind == "jade":
+        fields["loss_scale"] = loss_scale
+    auxiliary = None if kind == "single" else "usps"
+    cfg = TrainConfig(
+        primary="mnist", auxiliary=auxiliary, n_labeled=4, model=kind, **{**fields, **options}
+    )
+    return Objective(cfg, spec(kind))
 
 
 def leaf(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -195,21 +202,16 @@ def step_output(kind: str, b: dict) -> StepOutput:
 @pytest.mark.parametrize("kind", ["single", "paired", "jade"])
 def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
     b = hand_built_batch()
-    model = build_model(spec(kind))
     x_aux = None if kind == "single" else b["x_aux"]
-    terms = model.loss_terms(step_output(kind, b), x_aux, b["x_primary"], b["y"])
-    assert tuple(terms) == TERMS[kind]
+    objective = objective_for(kind, loss_scale)
+    total, terms = objective(step_output(kind, b), x_aux, b["x_primary"], b["y"])
+    assert tuple(terms) == objective.terms == TERMS[kind]  # no weight is 0 here
     reference = reference_terms(b)
     for name, value in terms.items():
         assert value.dtype == torch.float32 and value.shape == ()
         assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
 
-    cfg = TrainConfig(
-        primary="p", auxiliary="a", n_labeled=4, model=kind, loss_scale=loss_scale, **WEIGHT_FIELDS
-    )
-    weights = loss_weights(cfg, model.spec)
     mean = loss_scale == "mean" and kind != "single"
-    total = weighted_total(terms, weights)
     # the total is linear in the terms: its derivative by each term is that term's weight
     grads = torch.autograd.grad(total, list(terms.values()), retain_graph=True)
     want = expected_weights(kind, mean, 16, 48)  # (aux, primary) pixels: 1x4x4, 3x4x4
@@ -224,8 +226,7 @@ def test_the_matching_kl_is_primary_given_auxiliary_and_trains_both_encoders():
     forward = kl_gauss((qp.mu_c, qp.logvar_c), (qa.mu_c, qa.logvar_c))
     backward = kl_gauss((qa.mu_c, qa.logvar_c), (qp.mu_c, qp.logvar_c))
     assert backward > 3 * forward  # the two directions are far apart on this batch
-    model = build_model(spec("jade"))
-    terms = model.loss_terms(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
+    terms = jade_terms(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])  # type: ignore[arg-type]
     assert float(terms["kl_match"].detach()) == pytest.approx(forward, rel=1e-5)
     # d KL(P || A) / d mu_P = (mu_P - mu_A) / var_A and d / d mu_A is its negative (per pair,
     # averaged over the batch): the term pulls both content posteriors towards each other.
@@ -241,7 +242,7 @@ def test_ce_on_mean_averages_the_cross_entropies_of_samples_and_means():
     out = step_output("jade", b)
     assert isinstance(out, JADEOutput)
     out.mean_logits_aux, out.mean_logits_primary = leaf(rng, B, K), leaf(rng, B, K)
-    terms = build_model(spec("jade")).loss_terms(out, b["x_aux"], b["x_primary"], b["y"])
+    terms = jade_terms(out, b["x_aux"], b["x_primary"], b["y"])
     for role in ("aux", "primary"):
         want = 0.5 * (
             ce(b[f"logits_{role}"], b["y"]) + ce(getattr(out, f"mean_logits_{role}"), b["y"])
@@ -253,10 +254,11 @@ def test_ce_on_mean_makes_the_model_classify_the_posterior_means_in_training():
     shape = (1, 8, 8)
     model = build_model(spec("jade", primary=shape, auxiliary=shape))
     x = torch.rand(4, *shape)
-    assert model.forward_train(x, x).mean_logits_primary is None  # off by default
-    model.set_objective(True)
+    assert model.forward_train(x, x).mean_logits_primary is None  # computed only when asked
+    assert objective_for("jade").wants_mean_logits  # --ce-on-mean (the default) asks
+    assert not objective_for("jade", ce_on_mean=False).wants_mean_logits
     model.eval()  # no dropout: the mean logits are the classifier's prediction
-    out = model.forward_train(x, x)
+    out = model.forward_train(x, x, mean_logits=True)
     torch.testing.assert_close(out.mean_logits_primary, model.classify(PRIMARY, x))
     torch.testing.assert_close(out.mean_logits_aux, model.classify(AUXILIARY, x))
 
@@ -301,9 +303,11 @@ def test_extreme_encoder_outputs_keep_every_term_and_gradient_finite():
         model.aux_encoder.content_head.bias[C:] = -300.0
         model.aux_decoder.net[-1].bias.fill_(-1e4)  # reconstructions saturated at 0
     x = torch.rand(4, *shape)
-    terms = model.loss_terms(model.forward_train(x, x), x, x, torch.tensor([0, 1, 2, 3]))
-    cfg = TrainConfig(primary="p", auxiliary="a", n_labeled=4, loss_scale="sum", aux_ce_weight=1e4)
-    total = weighted_total(terms, loss_weights(cfg, model.spec))
+    cfg = TrainConfig(
+        primary="mnist", auxiliary="usps", n_labeled=4, loss_scale="sum", aux_ce_weight=1e4
+    )
+    objective = Objective(cfg, model.spec)
+    total, terms = objective(model.forward_train(x, x), x, x, torch.tensor([0, 1, 2, 3]))
     assert all(torch.isfinite(t) for t in terms.values()), terms
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -330,13 +334,16 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         content_dim=C,
         **WEIGHT_FIELDS,
     )
-    trainer = Trainer(cfg, training_data(cfg, NullReporter()), torch.device("cpu"))
-    idx = tuple(o[:B] for o in trainer._order(0))
-    x_aux, x_primary, y = trainer.batch(idx)
+    cfg, data = training_data(cfg, NullReporter())
+    trainer = Trainer(cfg, data, torch.device("cpu"))
+    idx = tuple(o[:B] for o in trainer.batches._order(0))
+    _, batch = next(trainer.batches.epoch(0))
+    x_aux, x_primary, y = batch.x_aux, batch.x_primary, batch.y
+    assert x_aux is not None and batch.weight == 1.0
     assert x_aux.shape == (B, 1, 28, 28) and x_primary.shape == (B, 3, 32, 32)
-    torch.testing.assert_close(x_primary, trainer.data.labeled.images[idx[1]].float() / 255)
-    torch.testing.assert_close(x_aux, trainer.data.aux_train.images[idx[0]].float() / 255)
-    assert torch.equal(y, trainer.data.labeled.labels[idx[1]])
+    torch.testing.assert_close(x_primary, data.labeled.images[idx[1]].float() / 255)
+    torch.testing.assert_close(x_aux, data.aux_train.images[idx[0]].float() / 255)
+    assert torch.equal(y, data.labeled.labels[idx[1]])
 
     rng = np.random.default_rng(1)
     b = hand_built_batch()
@@ -349,15 +356,31 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         logits_aux=leaf(rng, B, 10),
         logits_primary=leaf(rng, B, 10),
     )
-    trainer.model.forward_train = lambda xa, xp: step_output("jade", b)  # type: ignore[method-assign]
-    total, terms, _, _ = trainer.batch_loss(idx)
+    total, terms = trainer.objective(step_output("jade", b), x_aux, x_primary, y)
     reference = reference_terms(b)
     for name, value in terms.items():  # each reconstruction scored against its own images
         assert float(value.detach()) == pytest.approx(reference[name], rel=1e-5), name
     want = expected_weights("jade", True, 784, 3072)
     assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
-    assert isinstance(trainer.weights, LossWeights)
-    assert math.isclose(trainer.weights.primary_scale, 1 / 3072)
+    assert math.isclose(trainer.objective.weights["recon_primary"], WEIGHTS["recon"] / 3072)
+
+
+def test_a_term_at_weight_0_is_not_computed_nor_listed(monkeypatch):
+    """The separation term (a B x B distance matrix) at its default weight 0 costs nothing: it
+    is never called, and metrics.csv has no column for it."""
+    import jadecli.objective
+
+    def never(*args):
+        raise AssertionError("the separation term was computed at weight 0")
+
+    monkeypatch.setattr(jadecli.objective, "separation", never)
+    objective = Objective(TrainConfig(primary="mnist", auxiliary="usps", n_labeled=4), spec("jade"))
+    assert "separation" not in objective.terms
+    b = hand_built_batch()
+    _, terms = objective(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
+    assert set(terms) == set(TERMS["jade"]) - {"separation"}
+    paired = objective_for("paired", aux_ce_weight=0.0)
+    assert paired.terms == ("ce_primary",)
 
 
 # --------------------------------------------------------------------------- behaviour

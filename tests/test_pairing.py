@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, write_idx_images, write_idx_labels
 from PIL import Image
 
-import jadecli.trainer
+import jadecli.batches
 from jadecli.cli import app
 from jadecli.config import TrainConfig, field_names
 from jadecli.data.torchvision_sets import FASHION_CLASSES
+from tests.helpers import TINY, write_idx_images, write_idx_labels
 
 SIZE = 28
 BAR_ROW = {k * (SIZE - 2) // 10: k for k in range(10)}  # bar row -> index in FASHION_CLASSES
@@ -80,14 +80,14 @@ def test_every_training_pair_is_one_class_under_remapping(
     runner, fashion_pair, tmp_path, monkeypatch, aux_per_class
 ):
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    real_batch = jadecli.trainer.Trainer.batch
+    real_batch = jadecli.batches.Batches._batch
 
-    def recording(self, idx):
-        xa, xp, y = real_batch(self, idx)
-        seen.append((xa.clone(), xp.clone(), y.clone()))
-        return xa, xp, y
+    def recording(self, idx, weight):
+        b = real_batch(self, idx, weight)
+        seen.append((b.x_aux.clone(), b.x_primary.clone(), b.y.clone()))
+        return b
 
-    monkeypatch.setattr(jadecli.trainer.Trainer, "batch", recording)
+    monkeypatch.setattr(jadecli.batches.Batches, "_batch", recording)
     out = tmp_path / "run"
     args = ["train", "--primary", f"folder:{fashion_pair / 'primary'}"]
     args += ["--auxiliary", "fashion-mnist", "--data-dir", str(fashion_pair), "--out", str(out)]

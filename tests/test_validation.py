@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import load_ckpt, tiny_synth_args
 
 import jadecli.engine as engine
 from jadecli.cli import app
+from tests.helpers import load_ckpt, tiny_synth_args
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

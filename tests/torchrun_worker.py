@@ -17,8 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-import jadecli.model
-from jadecli import engine, trainer
+import jadecli.objective
+from jadecli import engine
 from jadecli.cli import main
 from jadecli.errors import DataError
 
@@ -45,18 +45,18 @@ if os.environ.get("JADE_TEST_WEIGHTS"):
 
 if os.environ.get("JADE_TEST_KILL"):
     rank, epoch = (int(v) for v in os.environ["JADE_TEST_KILL"].split(":"))
-    run_epoch = trainer.Trainer.run_epoch
+    train_one_epoch = engine.train_one_epoch
 
-    def killer(self, e, reporter):
+    def killer(t, e, reporter):
         if rank == THIS_RANK and e + 1 == epoch:
             os.kill(os.getpid(), signal.SIGKILL)
-        return run_epoch(self, e, reporter)
+        return train_one_epoch(t, e, reporter)
 
-    trainer.Trainer.run_epoch = killer
+    engine.train_one_epoch = killer
 
 if os.environ.get("JADE_TEST_NAN"):
     rank, at = (int(v) for v in os.environ["JADE_TEST_NAN"].split(":"))
-    real = jadecli.model.jade_terms
+    real = jadecli.objective.jade_terms
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -66,7 +66,7 @@ if os.environ.get("JADE_TEST_NAN"):
             terms["kl_match"] = terms["kl_match"] * float("nan")
         return terms
 
-    jadecli.model.jade_terms = poisoned
+    jadecli.objective.jade_terms = poisoned
 
 if os.environ.get("JADE_TEST_NO_DATA"):
     rank = int(os.environ["JADE_TEST_NO_DATA"])

@@ -36,9 +36,10 @@ from jadecli.config import ConfigError, RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
 from jadecli.data.pair import aux_used_index, labeled_index, load_pair, split_labeled
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
-from jadecli.model import AUXILIARY, PRIMARY, ModelSpec, RoleModel, build_model
+from jadecli.model import RoleModel, build_model
 from jadecli.progress import Reporter
 from jadecli.run import LABELED, RunDir, atomic_write_text, now
+from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
 
 ANALYSIS_DIR = "analysis"
 
@@ -303,7 +304,7 @@ def _load_datasets(
         return _locate_folder(name, (recorded.get(role) or {}).get("root"), source.data_dir)
 
     try:
-        pair = load_pair(cfg, data_dir, reporter, locate=locate)
+        _, pair = load_pair(cfg, data_dir, reporter, locate=locate)
     except DataError as err:
         raise DataError(
             f"cannot reload the run's datasets: {err} (pass --data-dir DIR if the data moved)"

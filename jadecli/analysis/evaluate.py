@@ -39,10 +39,10 @@ from jadecli.compute import to_input
 from jadecli.config import ConfigError, EvaluateConfig
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
-from jadecli.objective import kl_normal
+from jadecli.objective import elbo_terms, kl_normal
 from jadecli.progress import Reporter
 
-ELBO_TERMS = ("recon", "kl_style", "kl_content")  # per image, from model.evaluate_batch
+ELBO_TERMS = ("recon", "kl_style", "kl_content")  # per image, from objective.elbo_terms
 
 
 @dataclass
@@ -119,11 +119,13 @@ def _evaluate_part(
         x = to_input(part.images[start : start + batch], device)  # (B, C, H, W)
         y = part.labels[start : start + batch].to(device)
         with loaded.autocast():  # the run's precision; the ELBO terms are fp32
-            logits, per_image = model.evaluate_batch(role, x, gen)
-        if per_image:
+            out = model.evaluate_batch(role, x, gen)
+        logits = out.logits
+        if out.q is not None:  # JADE
+            per_image = elbo_terms(out, x)
             elbo += torch.stack([per_image[t].sum() for t in ELBO_TERMS]).double().cpu()
-            for name in ("mu_c", "logvar_c"):
-                posterior.setdefault(name, []).append(per_image[name].float().cpu())
+            posterior.setdefault("mu_c", []).append(out.q.mu_c.float().cpu())
+            posterior.setdefault("logvar_c", []).append(out.q.logvar_c.float().cpu())
         nll += F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
         preds.append(logits.argmax(1).cpu())
     n = len(part)

@@ -39,9 +39,10 @@ from jadecli.analysis.common import LoadedRun, open_run
 from jadecli.config import ConfigError, ExportConfig, RunSource
 from jadecli.data.core import ImageSet
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError
-from jadecli.model import PRIMARY, ModelSpec, RoleModel
+from jadecli.model import RoleModel
 from jadecli.progress import Reporter
-from jadecli.run import now
+from jadecli.run import make_folders, now, remove_folders
+from jadecli.spec import PRIMARY, ModelSpec
 
 # Largest max |logit difference| accepted, per unit of logit scale (max(1, max |logit|): float32
 # rounding grows with the size of the numbers). TorchScript runs the very ATen kernels PyTorch
@@ -88,64 +89,91 @@ def export(cfg: ExportConfig, reporter: Reporter) -> ExportResult:
         _require_onnx()  # before any work: a missing extra is the first thing to fix
     meta = metadata_path(out)
     _check_targets(out, meta, cfg.overwrite)
-    created = _make_folder(out)
+    created = make_folders(out, "--out")
     # a hidden folder beside FILE holds both files until the check passed: FILE keeps its own
     # name inside it (a TorchScript archive is named after its file) and os.replace moves them
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    tmp_out, tmp_meta = tmp / out.name, tmp / meta.name
+    tmp_out = tmp / out.name
     try:
         _claim(tmp, out)  # proves the folder writable before the run is loaded
-        source = RunSource(
-            run=cfg.run,
-            checkpoint=cfg.checkpoint,
-            data_dir=cfg.data_dir,
-            device="cpu",  # exported and checked on the CPU, where every runtime runs
-            precision="fp32",
-            batch_size=cfg.batch_size,
-            command=cfg.command,
-        )
-        loaded = open_run(source, reporter, check_spec=_dataset_check(cfg))
-        part = loaded.images(cfg.dataset, "test", cfg.verify_images)
-        if part is None:
-            raise DataError(
-                f"the {cfg.dataset} dataset of {cfg.run} has no test images to check the export on"
-            )
+        loaded, part = _open_for_export(cfg, reporter)
         reference = _fp32_copy(loaded.model)
-        module = ExportedClassifier(copy.deepcopy(reference), cfg.dataset).eval()
-        example = _as_input(part.images[:TRACE_BATCH])  # (2, C, H, W)
-        _prune_unused(module, example)
-        reporter.info(f"exporting the {cfg.dataset} classifier of {cfg.run} as {fmt}")
-        if fmt == "onnx":
-            _save_onnx(module, example, tmp_out)
-        else:
-            _save_torchscript(module, example, tmp_out)
+        _write_classifier(cfg, fmt, reference, part, tmp_out, reporter)
         reporter.info(f"checking the exported file against PyTorch on {len(part)} test images")
         check = _verify(fmt, tmp_out, reference, cfg.dataset, part, cfg.batch_size)
-        if not check["passed"]:
-            raise JadeError(
-                f"--format {fmt}: the exported model does not match PyTorch on the "
-                f"{check['images']} test images checked (max |logit difference| "
-                f"{check['max_abs_diff']:.3g}, tolerance {check['tolerance']:.3g}; argmax "
-                f"differs on {check['argmax_disagreements']}); nothing was written"
-            )
+        _require_match(fmt, check)
         report = _metadata(cfg, loaded, out, check)
-        text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-        try:
-            tmp_meta.write_text(text, encoding="utf-8")
-            os.replace(tmp_out, out)
-            os.replace(tmp_meta, meta)
-            tmp.rmdir()
-        except OSError as err:
-            raise StorageError(out, err.strerror or str(err)) from None
+        _move_into_place(report, tmp, out, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in reversed(created):  # only the empty folders this call made
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_folders(created)
         raise
     return ExportResult(report, out, meta)
+
+
+def _open_for_export(cfg: ExportConfig, reporter: Reporter) -> tuple[LoadedRun, ImageSet]:
+    """The run, loaded in fp32 on the CPU, and the test images the export is checked on."""
+    source = RunSource(
+        run=cfg.run,
+        checkpoint=cfg.checkpoint,
+        data_dir=cfg.data_dir,
+        device="cpu",  # exported and checked on the CPU, where every runtime runs
+        precision="fp32",
+        batch_size=cfg.batch_size,
+        command=cfg.command,
+    )
+    loaded = open_run(source, reporter, check_spec=_dataset_check(cfg))
+    part = loaded.images(cfg.dataset, "test", cfg.verify_images)
+    if part is None:
+        raise DataError(
+            f"the {cfg.dataset} dataset of {cfg.run} has no test images to check the export on"
+        )
+    return loaded, part
+
+
+def _write_classifier(
+    cfg: ExportConfig,
+    fmt: str,
+    reference: RoleModel,
+    part: ImageSet,
+    path: Path,
+    reporter: Reporter,
+) -> None:
+    """A copy of `reference`'s classifier of `cfg.dataset`, pruned to the modules it calls,
+    traced on the first test images and saved to `path` as `fmt`."""
+    module = ExportedClassifier(copy.deepcopy(reference), cfg.dataset).eval()
+    example = _as_input(part.images[:TRACE_BATCH])  # (2, C, H, W)
+    _prune_unused(module, example)
+    reporter.info(f"exporting the {cfg.dataset} classifier of {cfg.run} as {fmt}")
+    if fmt == "onnx":
+        _save_onnx(module, example, path)
+    else:
+        _save_torchscript(module, example, path)
+
+
+def _require_match(fmt: str, check: dict[str, Any]) -> None:
+    """Stop, before anything is written in place, when the file does not match PyTorch."""
+    if not check["passed"]:
+        raise JadeError(
+            f"--format {fmt}: the exported model does not match PyTorch on the "
+            f"{check['images']} test images checked (max |logit difference| "
+            f"{check['max_abs_diff']:.3g}, tolerance {check['tolerance']:.3g}; argmax "
+            f"differs on {check['argmax_disagreements']}); nothing was written"
+        )
+
+
+def _move_into_place(report: dict[str, Any], tmp: Path, out: Path, meta: Path) -> None:
+    """Write FILE.json beside the checked file in the hidden folder `tmp`, then move both to
+    their places and remove the folder."""
+    tmp_out, tmp_meta = tmp / out.name, tmp / meta.name
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    try:
+        tmp_meta.write_text(text, encoding="utf-8")
+        os.replace(tmp_out, out)
+        os.replace(tmp_meta, meta)
+        tmp.rmdir()
+    except OSError as err:
+        raise StorageError(out, err.strerror or str(err)) from None
 
 
 # --------------------------------------------------------------------------- checks
@@ -185,23 +213,6 @@ def _check_targets(out: Path, meta: Path, overwrite: bool) -> None:
             )
     if out.parent.exists() and not out.parent.is_dir():
         raise RunDirError(f"--out {out}: {out.parent} is a file, not a folder")
-
-
-def _make_folder(out: Path) -> list[Path]:
-    """Create FILE's folder if it is missing; returns the folders made, outermost first."""
-    missing = []
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(
-            f"--out {out}: cannot create the folder {out.parent} ({err.strerror}); choose "
-            "another --out"
-        ) from None
-    return list(reversed(missing))
 
 
 def _claim(tmp: Path, out: Path) -> None:

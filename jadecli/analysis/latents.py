@@ -136,59 +136,12 @@ def _analyse(
     cfg: LatentsConfig,
 ) -> RoleLatents:
     ds = loaded.datasets[role]
-    k = loaded.spec.num_classes
     notes: list[str] = []
-    if loaded.spec.generative:
-        z = torch.cat([codes["mu_c"], codes["mu_s"]], 1)  # (N, C + S): content first
-        n_c, n_s = codes["mu_c"].shape[1], codes["mu_s"].shape[1]
-        names = [f"content_{i}" for i in range(n_c)] + [f"style_{i}" for i in range(n_s)]
-        groups = ["content"] * n_c + ["style"] * n_s
-    else:
-        z = codes["features"]
-        names = [f"feature_{i}" for i in range(z.shape[1])]
-        groups = ["feature"] * z.shape[1]
-        notes.append(
-            f"a {loaded.kind} model has no style latents: shown are its {z.shape[1]}-d bottleneck "
-            "features (the classifier's input); the disentanglement ratio is not defined"
-        )
+    z, names, groups = _latent_columns(loaded, codes, notes)  # (N, D), D names, D groups
     # VAE latents live on the prior's scale, so 0.01 is meaningful; bottleneck features have no
     # fixed scale: there, only a constant feature is inactive.
     threshold = ACTIVE_THRESHOLD if loaded.spec.generative else 1e-12
-    prof = variance_profile(z, labels, k, threshold, cfg.seed, role)
-    within, rand, active, activity = prof.within, prof.random_groups, prof.active, prof.activity
-    sizes, group = prof.class_sizes, prof.group_size
-
-    def group_mean(name: str) -> float | None:
-        cols = [i for i, g in enumerate(groups) if g == name and bool(active[i])]
-        vals = within[:, cols]
-        vals = vals[~torch.isnan(vals)]
-        return float(vals.mean()) if len(vals) else None
-
-    content_within, style_within = group_mean("content"), group_mean("style")
-    ratio = None
-    if loaded.spec.generative:
-        if style_within is None:
-            notes.append("no active style dimension: every style latent collapsed to the prior")
-        if content_within is None:
-            notes.append("no active content dimension")
-        if style_within is not None and content_within is not None and content_within > 0:
-            ratio = style_within / content_within
-    summary = {
-        "dataset": ds.name,
-        "images": len(z),
-        "disentanglement_ratio": ratio,
-        "content_within": content_within,
-        "style_within": style_within,
-        "feature_within": group_mean("feature"),
-        "random_groups_mean": _nanmean(rand),
-        "group_size": group,
-        "active_content": _count(groups, active, "content"),
-        "active_style": _count(groups, active, "style"),
-        "active_features": _count(groups, active, "feature"),
-        "dims": len(names),
-        "content_dims": groups.count("content"),
-        "style_dims": groups.count("style"),
-    }
+    prof = variance_profile(z, labels, loaded.spec.num_classes, threshold, cfg.seed, role)
     result = RoleLatents(
         role=role,
         dataset=ds.name,
@@ -196,25 +149,109 @@ def _analyse(
         dim_names=names,
         groups=groups,
         classes=list(ds.classes),
-        class_sizes=sizes.tolist(),
-        within=within,
-        random_groups=rand,
-        activity=activity,
-        active=active,
-        summary=summary,
+        class_sizes=prof.class_sizes.tolist(),
+        within=prof.within,
+        random_groups=prof.random_groups,
+        activity=prof.activity,
+        active=prof.active,
+        summary=_summary(loaded, ds.name, len(z), prof, groups, notes),
         notes=notes,
     )
     if cfg.probe:
-        if len(z) < MIN_PROBE_IMAGES:
-            notes.append(f"probe skipped: fewer than {MIN_PROBE_IMAGES} images")
-        else:
-            result.probe = _probes(loaded, codes, labels, factors, ds.info, cfg.seed, role)
-            if not factors:
-                notes.append(
-                    f"{ds.name} records no style factors (only synth-street and synth-hand do); "
-                    "the probe predicts the class only"
-                )
+        _add_probes(result, loaded, codes, labels, factors, cfg.seed)
     return result
+
+
+def _latent_columns(
+    loaded: LoadedRun, codes: dict[str, torch.Tensor], notes: list[str]
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The codes analysed as one matrix (N, D), with each column's name and group: a JADE
+    run's posterior means, content first, or a single/paired run's bottleneck features."""
+    if loaded.spec.generative:
+        z = torch.cat([codes["mu_c"], codes["mu_s"]], 1)  # (N, C + S): content first
+        n_c, n_s = codes["mu_c"].shape[1], codes["mu_s"].shape[1]
+        names = [f"content_{i}" for i in range(n_c)] + [f"style_{i}" for i in range(n_s)]
+        return z, names, ["content"] * n_c + ["style"] * n_s
+    z = codes["features"]
+    notes.append(
+        f"a {loaded.kind} model has no style latents: shown are its {z.shape[1]}-d bottleneck "
+        "features (the classifier's input); the disentanglement ratio is not defined"
+    )
+    return z, [f"feature_{i}" for i in range(z.shape[1])], ["feature"] * z.shape[1]
+
+
+def _summary(
+    loaded: LoadedRun,
+    dataset: str,
+    images: int,
+    prof: VarianceProfile,
+    groups: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """The role's numbers for the report: each group's mean v, the ratio, the active dims."""
+    active = prof.active
+    content_within = _group_mean(prof.within, groups, active, "content")
+    style_within = _group_mean(prof.within, groups, active, "style")
+    return {
+        "dataset": dataset,
+        "images": images,
+        "disentanglement_ratio": _ratio(loaded, content_within, style_within, notes),
+        "content_within": content_within,
+        "style_within": style_within,
+        "feature_within": _group_mean(prof.within, groups, active, "feature"),
+        "random_groups_mean": _nanmean(prof.random_groups),
+        "group_size": prof.group_size,
+        "active_content": _count(groups, active, "content"),
+        "active_style": _count(groups, active, "style"),
+        "active_features": _count(groups, active, "feature"),
+        "dims": len(groups),
+        "content_dims": groups.count("content"),
+        "style_dims": groups.count("style"),
+    }
+
+
+def _ratio(
+    loaded: LoadedRun, content_within: float | None, style_within: float | None, notes: list[str]
+) -> float | None:
+    """Style mean v / content mean v, defined for JADE runs only; notes say why it is missing."""
+    if not loaded.spec.generative:
+        return None  # the note from _latent_columns already says why
+    if style_within is None:
+        notes.append("no active style dimension: every style latent collapsed to the prior")
+    if content_within is None:
+        notes.append("no active content dimension")
+    if style_within is not None and content_within is not None and content_within > 0:
+        return style_within / content_within
+    return None
+
+
+def _add_probes(
+    result: RoleLatents,
+    loaded: LoadedRun,
+    codes: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    factors: dict[str, torch.Tensor],
+    seed: int,
+) -> None:
+    """Fill in `result.probe`, with a note when it is skipped or can predict the class only."""
+    if result.images < MIN_PROBE_IMAGES:
+        result.notes.append(f"probe skipped: fewer than {MIN_PROBE_IMAGES} images")
+        return
+    ds = loaded.datasets[result.role]
+    result.probe = _probes(loaded, codes, labels, factors, ds.info, seed, result.role)
+    if not factors:
+        result.notes.append(
+            f"{ds.name} records no style factors (only synth-street and synth-hand do); "
+            "the probe predicts the class only"
+        )
+
+
+def _group_mean(
+    within: torch.Tensor, groups: list[str], active: torch.Tensor, name: str
+) -> float | None:
+    """Mean v over the classes and the active dims of one group (None: no such dim)."""
+    cols = [i for i, g in enumerate(groups) if g == name and bool(active[i])]
+    return _nanmean(within[:, cols])
 
 
 def _nanmean(t: torch.Tensor) -> float | None:

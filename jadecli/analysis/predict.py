@@ -44,9 +44,9 @@ from jadecli.config import DEFAULT_TOP_K, ConfigError, PredictConfig
 from jadecli.data.folder import UnreadableImage, image_extensions
 from jadecli.data.preprocess import ImageRecipe
 from jadecli.errors import RunDirError, UsageError
-from jadecli.model import AUXILIARY, ModelSpec
 from jadecli.progress import Reporter
-from jadecli.run import atomic_write_text
+from jadecli.run import atomic_write_text, make_folders, remove_folders
+from jadecli.spec import AUXILIARY, ModelSpec
 
 GLOB_CHARS = frozenset("*?[")
 MAX_WORKERS = 8
@@ -62,11 +62,21 @@ class PredictResult:
 
 def predict(cfg: PredictConfig, reporter: Reporter, stream: TextIO) -> PredictResult:
     """Predict the classes of the images PATH... names with RUN's selected checkpoint; write
-    the rows to `--out` (atomically) or to `stream`. Bad files are warned about and counted in
-    the result's `failed`, never raised."""
-    if cfg.out is not None:
-        check_writable(cfg.out)
-    t0 = time.perf_counter()
+    the rows to `--out` (atomically; missing folders above it are made, and removed again if
+    the command fails) or to `stream`. Bad files are warned about and counted in the result's
+    `failed`, never raised."""
+    created = make_folders(cfg.out, "--out") if cfg.out is not None else []
+    try:
+        if cfg.out is not None:
+            check_writable(cfg.out)
+        return _predict(cfg, reporter, stream)
+    except BaseException:
+        remove_folders(created)
+        raise
+
+
+def _spec_check(cfg: PredictConfig) -> Callable[[ModelSpec], None]:
+    """The flags that depend on the run's model, checked before its weights are loaded."""
 
     def check(spec: ModelSpec) -> None:
         if cfg.dataset == AUXILIARY and spec.auxiliary_shape is None:
@@ -82,7 +92,12 @@ def predict(cfg: PredictConfig, reporter: Reporter, stream: TextIO) -> PredictRe
                 f"{spec.num_classes}",
             )
 
-    m = open_model(cfg, reporter, check_spec=check)
+    return check
+
+
+def _predict(cfg: PredictConfig, reporter: Reporter, stream: TextIO) -> PredictResult:
+    t0 = time.perf_counter()
+    m = open_model(cfg, reporter, check_spec=_spec_check(cfg))
     classes = _classes(m)
     recipe = run_recipe(m, cfg.dataset)
     files, failed = find_images(cfg.paths, reporter.warn)
@@ -209,8 +224,6 @@ def check_writable(out: Path) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name, e.g. {out / 'pred.csv'}")
     parent = out.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {parent} does not exist; create it first")
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from jadecli.analysis.common import (
     LoadedRun,
@@ -39,9 +38,11 @@ from jadecli.compute import to_input
 from jadecli.config import ConfigError, ReconstructConfig
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
-from jadecli.model import JADE, ModelSpec
+from jadecli.model import JADE
 from jadecli.objective import reconstruction_bce
+from jadecli.plots import to_display
 from jadecli.progress import Reporter
+from jadecli.spec import ModelSpec
 
 SPREAD_IMAGES = 2000  # images used to measure each dimension's spread for --traverse
 
@@ -173,16 +174,6 @@ def _pick(loaded: LoadedRun, role: str, part: ImageSet, n: int, seed: int) -> Pi
     return Picked(role, sub, index, x, q.mu_s, q.mu_c)
 
 
-def _display(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> (N, H', W', 3) numpy at a common display size."""
-    x = x.float().cpu()
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def _name(loaded: LoadedRun, role: str, label: int) -> str:
     return loaded.datasets[role].classes[int(label)]
 
@@ -203,7 +194,7 @@ def _reconstructions(
             bce = reconstruction_bce(torch.logit(recon.clamp(1e-6, 1 - 1e-6)), p.x).cpu()
             mse = (recon - p.x).pow(2).flatten(1).mean(1).cpu()
         pred_x, pred_r = _classify(model, role, p.x), _classify(model, role, recon)
-        rows += [_display(p.x, size), _display(recon, size)]
+        rows += [to_display(p.x, size), to_display(recon, size)]
         name = loaded.datasets[role].name
         labels += [f"{role} ({name})", "reconstruction"]
         for i in range(len(p.index)):
@@ -269,70 +260,27 @@ SWAPS = (
 def _swaps(
     out: Path, loaded: LoadedRun, picked: dict[str, Picked], summary: dict[str, Any]
 ) -> list[Path]:
-    from jadecli import plots
-
     model = loaded.model
     assert isinstance(model, JADE)
     files: list[Path] = []
     csv_rows: list[list[Any]] = []
     summary["swaps"] = {}
-    for name, c_role, s_role, d_role in SWAPS:
+    for swap in SWAPS:
+        name, c_role, s_role, d_role = swap
         content, style = picked[c_role], picked[s_role]
-        nc, ns = len(content.index), len(style.index)
-        # every (style i, content j) combination in one batch: (ns * nc, dim)
-        z_s = style.mu_s.repeat_interleave(nc, 0)
-        z_c = content.mu_c.repeat(ns, 1)
-        images = _decode(model, d_role, z_s, z_c)  # (ns * nc, C, H, W)
-        pred = _classify(model, d_role, images).view(ns, nc)
-        shape = loaded.datasets[d_role].image_shape
-        size = (shape[1], shape[2])
-        cells = np.ones((ns + 1, nc + 1, *size, 3), dtype=np.float32)
-        cells[0, 1:] = _display(content.x, size)
-        cells[1:, 0] = _display(style.x, size)
-        cells[1:, 1:] = _display(images, size).reshape(ns, nc, *size, 3)
-        blank = np.zeros((ns + 1, nc + 1), dtype=bool)
-        blank[0, 0] = True
+        images, pred = _decode_swaps(model, d_role, content, style)  # (ns * nc, ...), (ns, nc)
         c_names = [_name(loaded, c_role, y) for y in content.part.labels]
         s_names = [_name(loaded, s_role, y) for y in style.part.labels]
-        png = out / f"swap_{name}.png"
-        title = (
-            f"content of the top row ({c_role}) with the style of the left column ({s_role}), "
-            f"decoded by the {d_role} decoder"
-        )
-        plots.save_image_grid(
-            png,
-            cells,
-            title,
-            row_labels=["content ->", *[f"style: {s}" for s in s_names]],
-            col_labels=["", *c_names],
-            blank=blank,
-        )
-        files.append(png)
-        kept, leak, leak_n = 0, 0, 0
-        for i in range(ns):
-            for j in range(nc):
-                p_name = _name(loaded, d_role, pred[i, j])
-                kept += p_name == c_names[j]
-                if s_names[i] != c_names[j]:
-                    leak_n += 1
-                    leak += p_name == s_names[i]
-                csv_rows.append(
-                    [
-                        name,
-                        int(style.index[i]),
-                        s_names[i],
-                        int(content.index[j]),
-                        c_names[j],
-                        p_name,
-                        int(p_name == c_names[j]),
-                    ]
-                )
+        files.append(_plot_swaps(out, loaded, swap, content, style, images, c_names, s_names))
+        p_names = [[_name(loaded, d_role, y) for y in row] for row in pred]  # (ns, nc)
+        csv_rows += _swap_rows(name, content, style, c_names, s_names, p_names)
+        kept, style_class = _swap_scores(c_names, s_names, p_names)
         summary["swaps"][name] = {
             "content_from": c_role,
             "style_from": s_role,
             "decoder": d_role,
-            "content_kept": kept / (ns * nc),
-            "style_class": leak / leak_n if leak_n else None,
+            "content_kept": kept,
+            "style_class": style_class,
         }
     csv_path = out / "swaps.csv"
     write_csv(
@@ -352,6 +300,99 @@ def _swaps(
     return files
 
 
+def _decode_swaps(
+    model: JADE, d_role: str, content: Picked, style: Picked
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (style i, content j) combination decoded in one batch, row-major over (i, j):
+    the images (ns * nc, C, H, W) and the run's own class of each (ns, nc)."""
+    nc, ns = len(content.index), len(style.index)
+    z_s = style.mu_s.repeat_interleave(nc, 0)  # (ns * nc, dim)
+    z_c = content.mu_c.repeat(ns, 1)
+    images = _decode(model, d_role, z_s, z_c)  # (ns * nc, C, H, W)
+    return images, _classify(model, d_role, images).view(ns, nc)
+
+
+def _plot_swaps(
+    out: Path,
+    loaded: LoadedRun,
+    swap: tuple[str, str, str, str],
+    content: Picked,
+    style: Picked,
+    images: torch.Tensor,
+    c_names: list[str],
+    s_names: list[str],
+) -> Path:
+    """swap_NAME.png: the content images along the top, the style images down the left and
+    the decoded combinations (ns * nc, C, H, W) between them."""
+    from jadecli import plots
+
+    name, c_role, s_role, d_role = swap
+    nc, ns = len(content.index), len(style.index)
+    shape = loaded.datasets[d_role].image_shape
+    size = (shape[1], shape[2])
+    cells = np.ones((ns + 1, nc + 1, *size, 3), dtype=np.float32)
+    cells[0, 1:] = to_display(content.x, size)
+    cells[1:, 0] = to_display(style.x, size)
+    cells[1:, 1:] = to_display(images, size).reshape(ns, nc, *size, 3)
+    blank = np.zeros((ns + 1, nc + 1), dtype=bool)
+    blank[0, 0] = True  # the corner is neither a content nor a style image
+    png = out / f"swap_{name}.png"
+    title = (
+        f"content of the top row ({c_role}) with the style of the left column ({s_role}), "
+        f"decoded by the {d_role} decoder"
+    )
+    plots.save_image_grid(
+        png,
+        cells,
+        title,
+        row_labels=["content ->", *[f"style: {s}" for s in s_names]],
+        col_labels=["", *c_names],
+        blank=blank,
+    )
+    return png
+
+
+def _swap_rows(
+    name: str,
+    content: Picked,
+    style: Picked,
+    c_names: list[str],
+    s_names: list[str],
+    p_names: list[list[str]],
+) -> list[list[Any]]:
+    """swaps.csv's rows of one grid: a row per decoded image, style-major like the grid."""
+    rows: list[list[Any]] = []
+    for i in range(len(s_names)):
+        for j in range(len(c_names)):
+            rows.append(
+                [
+                    name,
+                    int(style.index[i]),
+                    s_names[i],
+                    int(content.index[j]),
+                    c_names[j],
+                    p_names[i][j],
+                    int(p_names[i][j] == c_names[j]),
+                ]
+            )
+    return rows
+
+
+def _swap_scores(
+    c_names: list[str], s_names: list[str], p_names: list[list[str]]
+) -> tuple[float, float | None]:
+    """How often a swap keeps the content image's class, and how often it takes the style
+    image's instead (counted where the two differ; None when they never do)."""
+    kept, leak, leak_n = 0, 0, 0
+    for i, s_name in enumerate(s_names):
+        for j, c_name in enumerate(c_names):
+            kept += p_names[i][j] == c_name
+            if s_name != c_name:
+                leak_n += 1
+                leak += p_names[i][j] == s_name
+    return kept / (len(s_names) * len(c_names)), (leak / leak_n if leak_n else None)
+
+
 @torch.inference_mode()
 def _traverse(
     out: Path,
@@ -367,32 +408,15 @@ def _traverse(
     model = loaded.model
     assert isinstance(model, JADE)
     role = p.role
-    # each dimension's spread: std of its posterior mean over (up to 2,000 of) the split's images
-    enc = model.encoder(role)
-    mus_s, mus_c = [], []
-    for start in range(0, len(spread_part), loaded.source.batch_size):
-        x = spread_part.images[start : start + loaded.source.batch_size]
-        q = enc(to_input(x, loaded.device)).float()
-        mus_s.append(q.mu_s)
-        mus_c.append(q.mu_c)
-    std = {"style": torch.cat(mus_s).std(0), "content": torch.cat(mus_c).std(0)}
+    std = _spread(loaded, model, role, spread_part)  # group -> (dim,)
     offsets = torch.linspace(-cfg.traverse_range, cfg.traverse_range, cfg.traverse_steps)
-    base_s, base_c = p.mu_s[:1], p.mu_c[:1]  # the first picked image
-    z_s = base_s.repeat(len(dims) * len(offsets), 1)
-    z_c = base_c.repeat(len(dims) * len(offsets), 1)
-    values = []
-    for r, (group, d) in enumerate(dims):
-        rows = slice(r * len(offsets), (r + 1) * len(offsets))
-        base = (base_c if group == "content" else base_s)[0, d]
-        vals = base + offsets.to(base.device) * std[group][d]
-        (z_c if group == "content" else z_s)[rows, d] = vals
-        values.append(vals.cpu())
+    z_s, z_c, values = _traversal_latents(p, dims, offsets, std)
     images = _decode(model, role, z_s, z_c)  # (dims * steps, C, H, W)
     pred = _classify(model, role, images).view(len(dims), len(offsets))
     base_pred = int(_classify(model, role, p.x[:1])[0])
     shape = loaded.datasets[role].image_shape
     size = (shape[1], shape[2])
-    cells = _display(images, size).reshape(len(dims), len(offsets), *size, 3)
+    cells = to_display(images, size).reshape(len(dims), len(offsets), *size, 3)
     png = out / f"traverse_{role}.png"
     label = _name(loaded, role, p.part.labels[0])
     plots.save_image_grid(
@@ -403,6 +427,67 @@ def _traverse(
         row_labels=[f"{g}_{d}" for g, d in dims],
         col_labels=[f"{o:+.1f} sd" for o in offsets.tolist()],
     )
+    csv_rows, changed = _traverse_rows(loaded, role, dims, offsets, values, pred, base_pred)
+    csv_path = out / f"traverse_{role}.csv"
+    write_csv(
+        csv_path,
+        ["dim", "group", "offset_sd", "value", "predicted", "class_changed"],
+        csv_rows,
+    )
+    summary.setdefault("traverse", {})[role] = {
+        "image_index": int(p.index[0]),
+        "class": label,
+        "predicted": _name(loaded, role, base_pred),
+        "class_changed": {g: (sum(v) / len(v) if v else None) for g, v in changed.items()},
+    }
+    return [png, csv_path]
+
+
+@torch.inference_mode()
+def _spread(
+    loaded: LoadedRun, model: JADE, role: str, spread_part: ImageSet
+) -> dict[str, torch.Tensor]:
+    """Each dimension's spread, the unit of a traversal's offsets: the std of its posterior
+    mean over (up to 2,000 of) the split's images, per group (content, style)."""
+    enc = model.encoder(role)
+    mus_s, mus_c = [], []
+    for start in range(0, len(spread_part), loaded.source.batch_size):
+        x = spread_part.images[start : start + loaded.source.batch_size]
+        q = enc(to_input(x, loaded.device)).float()
+        mus_s.append(q.mu_s)
+        mus_c.append(q.mu_c)
+    return {"style": torch.cat(mus_s).std(0), "content": torch.cat(mus_c).std(0)}
+
+
+def _traversal_latents(
+    p: Picked, dims: list[tuple[str, int]], offsets: torch.Tensor, std: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The first picked image's latents, once per (dim, offset): rows r * steps onwards move
+    dims[r] by the offsets times its spread. Returns z_s, z_c and each dim's values (steps,)."""
+    base_s, base_c = p.mu_s[:1], p.mu_c[:1]  # the first picked image
+    z_s = base_s.repeat(len(dims) * len(offsets), 1)  # (dims * steps, style_dim)
+    z_c = base_c.repeat(len(dims) * len(offsets), 1)  # (dims * steps, content_dim)
+    values = []
+    for r, (group, d) in enumerate(dims):
+        rows = slice(r * len(offsets), (r + 1) * len(offsets))
+        base = (base_c if group == "content" else base_s)[0, d]
+        vals = base + offsets.to(base.device) * std[group][d]
+        (z_c if group == "content" else z_s)[rows, d] = vals
+        values.append(vals.cpu())
+    return z_s, z_c, values
+
+
+def _traverse_rows(
+    loaded: LoadedRun,
+    role: str,
+    dims: list[tuple[str, int]],
+    offsets: torch.Tensor,
+    values: list[torch.Tensor],
+    pred: torch.Tensor,
+    base_pred: int,
+) -> tuple[list[list[Any]], dict[str, list[int]]]:
+    """traverse_ROLE.csv's rows, one per (dim, offset), and per group whether each step
+    changed the predicted class (pred (dims, steps) against the image's own base_pred)."""
     csv_rows = []
     changed: dict[str, list[int]] = {"content": [], "style": []}
     for r, (group, d) in enumerate(dims):
@@ -419,16 +504,4 @@ def _traverse(
                     int(pc != base_pred),
                 ]
             )
-    csv_path = out / f"traverse_{role}.csv"
-    write_csv(
-        csv_path,
-        ["dim", "group", "offset_sd", "value", "predicted", "class_changed"],
-        csv_rows,
-    )
-    summary.setdefault("traverse", {})[role] = {
-        "image_index": int(p.index[0]),
-        "class": label,
-        "predicted": _name(loaded, role, base_pred),
-        "class_changed": {g: (sum(v) / len(v) if v else None) for g, v in changed.items()},
-    }
-    return [png, csv_path]
+    return csv_rows, changed

@@ -3,11 +3,14 @@
 `load_pair` is the one way both `jade train` and the analysis commands load a run's datasets,
 so the analysis sees exactly the images (size, padding, channels) training saw;
 `training_data` adds what only training needs: the labeled subset and the auxiliary images used.
+What the data decide (`--primary-size` under a one-trunk arch, `--style-mix` by default) is
+decided here, once, and written into the config they return: the run records it in its
+manifest and everything after reads it from there.
 
     python -c "from jadecli.config import TrainConfig; from jadecli.data.pair import \
-training_data; from jadecli.progress import PlainReporter; d = training_data(TrainConfig(\
+training_data; from jadecli.progress import PlainReporter; c, d = training_data(TrainConfig(\
 primary='synth-street', auxiliary='synth-hand', n_labeled=100, data_dir='runs/data'), \
-PlainReporter()); print(d.primary.image_shape, len(d.labeled), len(d.aux_train))"
+PlainReporter()); print(c.primary_size, c.style_mix, len(d.labeled), len(d.aux_train))"
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from jadecli.data.memory import MemoryBudget
 from jadecli.data.registry import align_classes, load_dataset
 from jadecli.data.sampling import first_per_class, labeled_subset, validation_split
 from jadecli.errors import UsageError
-from jadecli.model import MIN_SIDE, one_trunk
 from jadecli.progress import Reporter
+from jadecli.spec import MIN_SIDE, one_trunk
 
 
 @dataclass
@@ -35,8 +38,6 @@ class Pair:
 
     primary: Dataset
     auxiliary: Dataset | None
-    primary_size: int | None  # the --primary-size used (--arch shared may choose it)
-    style_mix: float  # the --style-mix used
 
 
 @dataclass
@@ -60,8 +61,9 @@ def load_pair(
     reporter: Reporter,
     download: bool = False,
     locate: Callable[[str, str], str] | None = None,
-) -> Pair:
-    """Load the run's datasets, align their classes and shape them for the model.
+) -> tuple[TrainConfig, Pair]:
+    """Load the run's datasets, align their classes and shape them for the model; returns the
+    config with what the data decided filled in (`primary_size`, `style_mix`).
 
     `locate(role, name)` may point a `folder:` dataset somewhere else (data that moved)."""
 
@@ -103,16 +105,18 @@ def load_pair(
     if auxiliary is not None:
         align_classes(primary, auxiliary)
         primary, auxiliary, mix = prepare_pair(primary, auxiliary, cfg.arch, cfg.style_mix, budget)
-    return Pair(primary, auxiliary, primary_size, mix)
+    return replace(cfg, primary_size=primary_size, style_mix=mix), Pair(primary, auxiliary)
 
 
-def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
-    """The pair plus the labeled subset and the auxiliary images used; `cfg.data_dir` must be
-    resolved (the run records where its data came from)."""
+def training_data(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, TrainData]:
+    """The pair plus the labeled subset and the auxiliary images used, and the config with what
+    the data decided; `cfg.data_dir` must be resolved (the run records where its data came
+    from)."""
     assert cfg.data_dir is not None
-    if cfg.auxiliary and not cfg.uses_auxiliary:
-        reporter.warn(f"--auxiliary {cfg.auxiliary} is not used by --model {cfg.model}")
-    pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
+    unused = cfg.unused_auxiliary_options()
+    if unused:
+        reporter.warn(f"{', '.join(unused)}: not used by --model {cfg.model}")
+    cfg, pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
     primary, auxiliary = pair.primary, pair.auxiliary
     index, val_index = split_labeled(cfg, primary, labeled_index(cfg, primary))
     described = {"primary": primary.describe()}
@@ -125,11 +129,9 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> TrainData:
         used = aux_used_index(cfg, auxiliary)
         aux_train = auxiliary.train if used is None else auxiliary.train.subset(used)
         auxiliary = replace(auxiliary, train=aux_train)
-    return TrainData(
+    return cfg, TrainData(
         primary=primary,
         auxiliary=auxiliary,
-        primary_size=pair.primary_size,
-        style_mix=pair.style_mix,
         labeled_index=index,
         labeled=labeled,
         val_index=val_index,

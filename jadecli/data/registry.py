@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from jadecli.config.train import DATASETS
 from jadecli.data.core import DIGITS, Dataset, ImageSet
 from jadecli.data.folder import load_image_folder
 from jadecli.data.memory import MemoryBudget
@@ -35,7 +36,7 @@ SYNTH = {
     "synth-hand": (12_000, 2_000, 2001, 2002),
 }
 FOLDER_BUILTINS = {"usps": "USPS", "mnist-m": "MNIST-M"}
-BUILTIN_NAMES = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", *SYNTH)
+BUILTIN_NAMES = DATASETS  # the names the config accepts
 
 
 def known_names() -> str:

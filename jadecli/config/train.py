@@ -1,0 +1,583 @@
+"""`jade train`'s configuration: `TrainConfig`, every field an option declared once.
+
+Its checks run when it is built: each field's rule (`options.check_fields`), the options a run
+cannot do without, and combinations in which an option would do nothing (an error naming both
+flags, e.g. `--batch-norm per-dataset` with `--arch paper`). A saved config (a run's manifest or
+checkpoint) is read back with `TrainConfig.from_dict`.
+
+    python -c "from jadecli.config import TrainConfig as C; print(C(primary='mnist', \
+n_labeled=100, auxiliary='synth-hand'))"
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from jadecli.config.options import (
+    AUG,
+    DATA,
+    FRACTION,
+    IMAGE_SIDE,
+    MODEL,
+    NON_NEGATIVE,
+    OBJ,
+    OPT,
+    POSITIVE,
+    RUN,
+    ConfigError,
+    Range,
+    check_fields,
+    device_problem,
+    field_names,
+    flag,
+    opt,
+)
+from jadecli.errors import UsageError
+
+MODELS = ("single", "paired", "jade")
+PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "step", "cosine")
+LABELED_SELECTIONS = ("random", "first")
+ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
+BATCH_NORMS = ("shared", "per-dataset")
+AUGMENTS = ("none", "primary", "all")
+LOSS_SCALES = ("mean", "sum")
+SELECTIONS = ("last", "best-val")
+# The datasets `--primary`/`--auxiliary` know by name (jadecli.data.registry loads them).
+DATASETS = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", "synth-street", "synth-hand")
+# Options only JADE uses (paired and single have no VAE), and options of the auxiliary dataset,
+# which a single classifier does not train on: one command line may compare the three models,
+# so those only get a warning (`unused_auxiliary_options`).
+JADE_ONLY = (
+    "style_dim", "loss_scale", "recon_weight", "kl_weight", "match_weight", "ce_on_mean",
+    "separation_weight",
+)  # fmt: skip
+AUXILIARY_ONLY = (
+    "auxiliary", "aux_per_class", "auxiliary_size", "auxiliary_pad", "style_mix", "aux_ce_weight"
+)  # fmt: skip
+AUGMENT_FIELDS = ("aug_shift", "aug_rotate", "aug_scale", "aug_color")
+
+# Fields a resumed run may change; every other field is fixed by the run's saved config.
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "device", "precision", "data_dir", "download", "eval_every", "test", "memory_budget"}
+    | {"log"}  # experiment logs are views of the run, not part of what it computes
+)
+
+
+def dataset_problem(name: str) -> str | None:
+    """`--primary`/`--auxiliary`: a known name or folder:PATH, checked before anything loads."""
+    if name.startswith("folder:"):
+        return None if name[len("folder:") :].strip() else "folder: needs a path, e.g. folder:scans"
+    if name in DATASETS or not name:
+        return None
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    if not close and Path(name).expanduser().is_dir():
+        hint = f"; for a folder of your own images write folder:{name}"
+    return f"must be one of {', '.join(DATASETS)} or folder:PATH (got {name!r}){hint}"
+
+
+def parse_val(text: str) -> int | float:
+    """`--val`: `20` -> 20 images, `0.2` or `20%` -> the fraction 0.2."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return float(value[:-1]) / 100
+        number = float(value)
+    except ValueError:
+        raise ConfigError(
+            "val", f"must be a number of images (20) or a fraction (0.2 or 20%) (got {text!r})"
+        ) from None
+    return int(number) if number.is_integer() else number
+
+
+LOGGERS = ("tensorboard", "mlflow")  # `--log`: experiment logs (jadecli.logs)
+
+
+def parse_log(text: str) -> str:
+    """`--log`: `tensorboard`, `mlflow`, both (`tensorboard,mlflow`, or the flag twice), or
+    `none` -> the same, canonical (no spaces, no repeats, in the order given)."""
+    names = [n.strip().lower() for n in text.split(",")]
+    if names == ["none"]:
+        return "none"
+    if not all(n in LOGGERS for n in names):
+        raise ConfigError(
+            "log",
+            f"must be tensorboard, mlflow, both (tensorboard,mlflow) or none (got {text!r})",
+        )
+    return ",".join(dict.fromkeys(names))
+
+
+def _val_problem(value: int | float) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 1 else f"must be at least 1 image, or a fraction (got {value})"
+    if 0 < value < 1:
+        return None
+    return f"must be a whole number of images or a fraction in (0, 1) (got {value})"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what `jade train` computes (saved in the run's manifest)."""
+
+    # --- data ---
+    primary: str = opt(
+        "",
+        "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
+        "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
+        group=DATA,
+        metavar="NAME",
+        check=dataset_problem,
+    )
+    auxiliary: str | None = opt(
+        None,
+        "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
+        "Required for --model paired and jade.",
+        group=DATA,
+        metavar="NAME",
+        check=dataset_problem,
+    )
+    n_labeled: int | str | None = opt(
+        None,
+        "Labeled primary training images to use: a multiple of the number of classes, drawn "
+        "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
+        group=DATA,
+        metavar="N|all",
+        range=POSITIVE,
+    )
+    labeled_selection: str = opt(
+        "random",
+        "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
+        "(the first images of each class, as in the paper).",
+        group=DATA,
+        choices=LABELED_SELECTIONS,
+    )
+    val: int | float | None = opt(
+        None,
+        "Hold out this many of the --n-labeled images (class-balanced, drawn with --seed), or "
+        "this fraction of them (0.2 or 20%), as a validation split: never trained on, scored "
+        "after every epoch, and what --select best-val chooses by. Default: none.",
+        group=DATA,
+        metavar="N|FRACTION",
+        parse=parse_val,
+        check=_val_problem,
+    )
+    select: str = opt(
+        "last",
+        "Which epoch's weights the run ends with: last, or best-val (the epoch with the best "
+        "validation accuracy; needs --val). The final metrics, `jade evaluate` and the other "
+        "commands use the selected checkpoint.",
+        group=DATA,
+        metavar="last|best-val",
+        choices=SELECTIONS,
+    )
+    aux_per_class: int | None = opt(
+        None,
+        "Use only the first K auxiliary training images of each class (the paper: 4500). "
+        "Default: all of them.",
+        group=DATA,
+        metavar="K",
+        range=POSITIVE,
+    )
+    data_dir: str | None = opt(
+        None,
+        "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
+        "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
+        group=DATA,
+        metavar="DIR",
+    )
+    download: bool = opt(
+        False,
+        "Try torchvision's download when dataset files are missing (default: off; without it a "
+        "missing file is an error that says where to put it).",
+        group=DATA,
+    )
+    primary_size: int | None = opt(
+        None,
+        "Resize primary images to SIZE x SIZE (8 to 1024). Default: keep their size (image "
+        "folders whose training images differ in size are resized to the most common size).",
+        group=DATA,
+        metavar="SIZE",
+        range=IMAGE_SIDE,
+    )
+    auxiliary_size: int | None = opt(
+        None,
+        "Resize auxiliary images to SIZE x SIZE (8 to 1024). Default: as for --primary-size.",
+        group=DATA,
+        metavar="SIZE",
+        range=IMAGE_SIDE,
+    )
+    primary_pad: int = opt(
+        0,
+        "Add P black pixels on every side of each primary image, after resizing: lets digits "
+        "sit where the auxiliary's do (USPS fills its frame, MNIST keeps a 4-pixel margin: "
+        "--primary-size 20 --primary-pad 4).",
+        group=DATA,
+        metavar="P",
+        range=Range(0, 64),
+    )
+    auxiliary_pad: int = opt(
+        0,
+        "The same for auxiliary images (MNIST into MNIST-M's 32x32 frame: --auxiliary-pad 2).",
+        group=DATA,
+        metavar="P",
+        range=Range(0, 64),
+    )
+    # --- model ---
+    model: str = opt(
+        "jade",
+        "single: primary CNN + classifier. paired: both datasets' CNN features (one CNN with "
+        "--arch shared) into one shared classifier. jade: a VAE per dataset whose content "
+        "latents share the classifier.",
+        group=MODEL,
+        metavar="single|paired|jade",
+        choices=MODELS,
+    )
+    arch: str = opt(
+        "shared",
+        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm, plus 16-filter stages for "
+        "images over 32 px) for both datasets, so the auxiliary's labels train the convolutions "
+        "the primary uses; the primary is resized to the auxiliary's size and a grey dataset "
+        "beside a colour one gets 3 channels. resnet18: the same with torchvision's ResNet-18 "
+        "as the one trunk (see --init-weights). paper: the paper's two separate CNNs, as in the "
+        "authors' 2017 code.",
+        group=MODEL,
+        metavar="shared|paper|resnet18",
+        choices=ARCHES,
+    )
+    batch_norm: str = opt(
+        "shared",
+        "BatchNorm in the one trunk of --arch shared/resnet18: shared (one set of running "
+        "statistics for both datasets) or per-dataset (each dataset its own statistics and "
+        "scale, in training and evaluation; the convolutions stay shared). Measured on digits: "
+        "per-dataset +0.6 points on the auxiliary, -0.4 to -0.6 on the primary (within noise).",
+        group=MODEL,
+        metavar="shared|per-dataset",
+        choices=BATCH_NORMS,
+    )
+    init_weights: str | None = opt(
+        None,
+        "A torchvision ResNet-18 checkpoint file (a state dict, e.g. resnet18-f37072fd.pth) to "
+        "start the --arch resnet18 trunk from; nothing is downloaded. Default: random init.",
+        group=MODEL,
+        metavar="PATH",
+    )
+    content_dim: int = opt(
+        10,
+        "Size of the content latent (jade), which alone feeds the classifier; also the size of "
+        "the single/paired bottleneck.",
+        group=MODEL,
+        range=POSITIVE,
+    )
+    style_dim: int = opt(
+        10,
+        "Size of the style latent of each jade VAE (decoder input only).",
+        group=MODEL,
+        range=POSITIVE,
+    )
+    hidden_dim: int = opt(
+        500, "Width of the shared classifier's three hidden layers.", group=MODEL, range=POSITIVE
+    )
+    dropout: float = opt(
+        0.0,
+        "Dropout after each hidden layer of the classifier (the paper: 0.5, which slows "
+        "learning a lot in short schedules).",
+        group=MODEL,
+        range=Range(0, 1, open_hi=True),
+    )
+    # --- augmentation (training batches only) ---
+    augment: str = opt(
+        "all",
+        "Which training images get random shifts, rotations, zooms (and colour jitter for "
+        "colour images): none, primary (the labeled set) or all.",
+        group=AUG,
+        metavar="none|primary|all",
+        choices=AUGMENTS,
+    )
+    aug_shift: float = opt(
+        0.1,
+        "Largest random shift, as a fraction of the image side.",
+        group=AUG,
+        range=Range(0, 0.5),
+    )
+    aug_rotate: float = opt(
+        10.0, "Largest random rotation, in degrees.", group=AUG, range=Range(0, 180)
+    )
+    aug_scale: float = opt(
+        0.1, "Largest random zoom in or out (0.1: 90% to 110%).", group=AUG, range=Range(0, 0.5)
+    )
+    aug_color: float = opt(
+        0.3,
+        "Colour jitter strength for 3-channel images (saturation, per-channel gain, contrast; "
+        "half the images also get their channels permuted); 0 disables it.",
+        group=AUG,
+        range=Range(0, 0.5),
+    )
+    style_mix: float | None = opt(
+        None,
+        "Fraction of auxiliary training images redrawn in the primary's style: |T - x| with T "
+        "a labeled primary image whose tiles are shuffled (its colours and texture, not its "
+        "digit), as MNIST-M was made from MNIST. Default: 0.5 when the primary is colour and "
+        "the auxiliary grey (grey auxiliary images then get 3 channels), else 0.",
+        group=AUG,
+        metavar="P",
+        range=FRACTION,
+    )
+    # --- objective (the paper's equation 2) ---
+    loss_scale: str = opt(
+        "mean",
+        "mean: every term of the objective is a mean over its own elements (reconstruction per "
+        "pixel value, each KL per latent dimension), so each weight below means the same for "
+        "16x16 grey and 128x128 colour images and any latent sizes; sum: nats summed over pixels "
+        "and latent dimensions, as in the paper (whose CE weights were 1e4/1e5).",
+        group=OBJ,
+        metavar="mean|sum",
+        choices=LOSS_SCALES,
+    )
+    recon_weight: float = opt(
+        1.0,
+        "Weight of each image's reconstruction cross-entropy (per pixel value).",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    kl_weight: float = opt(
+        0.003,
+        "Weight of the KL terms to the N(0, I) prior (style of both datasets, content of the "
+        "auxiliary), each per latent dimension.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    match_weight: float = opt(
+        0.3,
+        "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching, per "
+        "content dimension.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    ce_on_mean: bool = opt(
+        True,
+        "jade: train the classifier on the content posterior means (what it predicts from) as "
+        "well as on samples; each cross-entropy is then the average of the two. Chosen on a dev "
+        "split (MNIST-M 10/class, 5 seeds); --no-ce-on-mean: samples only, as in the paper.",
+        group=OBJ,
+    )
+    separation_weight: float = opt(
+        0.0,
+        "jade: weight of a class-separation term (as in CCSA and d-SNE): content means of "
+        "different-class auxiliary/primary pairs in a batch are pushed at least sqrt(2 x "
+        "--content-dim) apart (squared hinge, per content dimension). 0: off, as in the paper.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    aux_ce_weight: float = opt(
+        1.0,
+        "Weight of the auxiliary classification cross-entropy.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    primary_ce_weight: float = opt(
+        1.0,
+        "Weight of the primary classification cross-entropy.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    # --- optimisation ---
+    epochs: int = opt(
+        10,
+        "Training epochs. A resumed run may raise it: the added epochs train at the learning "
+        "rate the schedule ended with.",
+        group=OPT,
+        range=POSITIVE,
+    )
+    epoch_size: int | str = opt(
+        10000,
+        "Training examples per epoch: pairs for paired/jade, labeled images for single (drawn by "
+        "cycling through shuffled data), or 'all' for one pass over the auxiliary set (single: "
+        "over the labeled set), as in the paper.",
+        group=OPT,
+        metavar="N|all",
+        range=POSITIVE,
+    )
+    batch_size: int = opt(
+        100,
+        "Pairs (or labeled images for single) per optimisation step.",
+        group=OPT,
+        range=POSITIVE,
+    )
+    lr: float = opt(1e-3, "Peak learning rate of Adam.", group=OPT, range=Range(0, open_lo=True))
+    lr_schedule: str = opt(
+        "cosine",
+        "constant; step (x0.3 after 1/3 and x0.1 after 2/3 of training, as in the paper); or "
+        "cosine (decay to 1/100 of --lr). Planned over the --epochs the run starts with.",
+        group=OPT,
+        metavar="constant|step|cosine",
+        choices=LR_SCHEDULES,
+    )
+    adam_beta1: float = opt(
+        0.9, "Adam's beta_1 (the paper used 0.1).", group=OPT, range=Range(0, 1, open_hi=True)
+    )
+    ema: float = opt(
+        0.0,
+        "Evaluate, select and save an exponential moving average of the weights with this "
+        "decay per step (e.g. 0.99: about the last 100 steps; warmed up as min(decay, (1 + t) / "
+        "(10 + t)) at step t); 0: off, the weights as trained.",
+        group=OPT,
+        metavar="DECAY",
+        range=Range(0, 1, open_hi=True),
+    )
+    grad_clip: float = opt(
+        100.0,
+        "Clip the gradient's global norm to this value (0 disables clipping).",
+        group=OPT,
+        range=NON_NEGATIVE,
+    )
+    seed: int = opt(
+        0, "Seed for the labeled subset, pairing, initialisation and dropout.", group=OPT
+    )
+    device: str = opt(
+        "auto",
+        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+        group=RUN,
+        metavar="DEVICE",
+        check=device_problem,
+    )
+    precision: str = opt(
+        "auto",
+        "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
+        "stay fp32; 2-3x faster on CPUs with AMX and on CUDA); or auto (bf16 where the device "
+        "computes it natively, else fp32).",
+        group=RUN,
+        metavar="auto|fp32|bf16",
+        choices=PRECISIONS,
+    )
+    memory_budget: float | None = opt(
+        None,
+        "GB of memory the datasets may take, held as 8-bit images (a 128x128 colour image is "
+        "48 KiB). Data that would need more stops the run before loading, naming the size. "
+        "Default: 80% of the memory available when the run starts.",
+        group=RUN,
+        metavar="GB",
+        range=Range(0, open_lo=True),
+    )
+    eval_every: int = opt(
+        1,
+        "Evaluate test accuracy every N epochs (0: only after the last epoch). Never used to "
+        "choose a model.",
+        group=RUN,
+        range=Range(0),
+    )
+    test: bool = opt(
+        True,
+        "Evaluate the test split (every --eval-every epochs and after the last). --no-test "
+        "never touches it: for recipe searches, which must choose without test data.",
+        group=RUN,
+    )
+    log: str = opt(
+        "none",
+        "Experiment logs, besides the run folder: tensorboard (RUN/logs/tensorboard), mlflow "
+        "(RUN/logs/mlruns, or $MLFLOW_TRACKING_URI when set), both (tensorboard,mlflow or the "
+        "flag twice), or none. Per epoch: every metrics.csv number; jade runs also get an image "
+        "of test reconstructions at each test evaluation. Needs pip install "
+        "'jadecli[tensorboard]' / 'jadecli[mlflow]'. A resumed run continues the same logs.",
+        group=RUN,
+        metavar="tensorboard|mlflow|none",
+        parse=parse_log,
+        repeat=True,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.primary:
+            raise ConfigError("primary", "is required: the few-label dataset, e.g. --primary svhn")
+        check_fields(self)
+        if self.n_labeled is None:
+            raise ConfigError("n_labeled", "is required: e.g. --n-labeled 1000, or --n-labeled all")
+        if self.uses_auxiliary and not self.auxiliary:
+            raise ConfigError(
+                "auxiliary", f"is required for --model {self.model}, e.g. --auxiliary mnist"
+            )
+        if self.init_weights is not None and self.arch != "resnet18":
+            raise ConfigError(
+                "init_weights",
+                f"loads a ResNet-18 trunk, so it needs --arch resnet18 (got {self.arch})",
+            )
+        if self.select == "best-val" and self.val is None:
+            raise ConfigError(
+                "select", "best-val needs a validation split: add --val N (e.g. --val 20%)"
+            )
+        if self.val is not None and self.n_labeled != "all" and isinstance(self.val, int):
+            assert isinstance(self.n_labeled, int)
+            if self.val >= self.n_labeled:
+                raise ConfigError(
+                    "val",
+                    f"{self.val} leaves nothing to train on: it must be smaller than "
+                    f"--n-labeled {self.n_labeled}",
+                )
+        if self.primary_ce_weight == 0 and self.aux_ce_weight == 0:
+            raise ConfigError(
+                "primary_ce_weight",
+                "and --aux-ce-weight are both 0: the classifier would not train",
+            )
+        for name, why in self.idle_options():
+            raise ConfigError(name, f"has no effect with {why}; leave it out", given(self, name))
+
+    def idle_options(self) -> list[tuple[str, str]]:
+        """Options set away from their default that do nothing beside the others: (field, the
+        option that makes it so). The auxiliary's options under --model single aside (warned
+        about, see `unused_auxiliary_options`)."""
+        idle: list[tuple[str, str]] = []
+        if self.model != "jade":
+            idle += [(n, f"--model {self.model}, which has no VAE") for n in JADE_ONLY]
+        if self.model == "single":
+            idle.append(("batch_norm", "--model single, which trains one dataset"))
+        elif self.arch == "paper":
+            idle.append(("batch_norm", "--arch paper, whose two CNNs have no BatchNorm"))
+        if self.augment == "none":
+            idle += [(n, "--augment none") for n in AUGMENT_FIELDS]
+        if self.n_labeled == "all":
+            idle.append(("labeled_selection", "--n-labeled all, which takes every image"))
+        return [(n, why) for n, why in idle if getattr(self, n) != _defaults()[n]]
+
+    def unused_auxiliary_options(self) -> list[str]:
+        """The auxiliary's options a --model single run was given, which it does not use."""
+        if self.uses_auxiliary:
+            return []
+        unset = (None, 0, 0.0, _defaults()["aux_ce_weight"])
+        return [given(self, n) for n in AUXILIARY_ONLY if getattr(self, n) not in unset]
+
+    @property
+    def uses_auxiliary(self) -> bool:
+        """Whether the model trains on the auxiliary dataset (paired and JADE do)."""
+        return self.model != "single"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str/int/float/bool/None) for the manifest and checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A saved config (manifest, checkpoint): every key must be a field of this version."""
+        unknown = set(data) - set(field_names(cls))
+        if unknown:
+            raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        cfg = cls.__new__(cls)  # unchecked: only to find what the saved values leave idle
+        cfg.__dict__.update({**_defaults(), **data})
+        # Options that did nothing (accepted before they were refused) go back to their
+        # defaults: the run computed the same with either value.
+        idle = {name for name, _ in cfg.idle_options()}
+        return cls(**{k: _defaults()[k] if k in idle else v for k, v in data.items()})
+
+
+def _defaults() -> dict[str, Any]:
+    """Every TrainConfig field's default."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
+def given(cfg: Any, name: str) -> str:
+    """How option `name`'s value is written on the command line: `--arch paper`, `--no-test`."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + name.replace("_", "-")
+    return f"{flag(name)} {value}"

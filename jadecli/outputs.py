@@ -1,0 +1,57 @@
+"""What the models hand to the objective: plain containers of tensors, one per kind of pass.
+
+They live here, apart from both `jadecli.model` (which fills them) and `jadecli.objective`
+(which reads them), so neither of those two modules imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Posterior:
+    """A diagonal Gaussian q(z | x) split into style and content parts."""
+
+    mu_s: torch.Tensor  # (B, style_dim)
+    logvar_s: torch.Tensor
+    mu_c: torch.Tensor  # (B, content_dim)
+    logvar_c: torch.Tensor
+
+    def float(self) -> Posterior:
+        """The same posterior in fp32 (a no-op for fp32 tensors; bf16 forward passes)."""
+        return Posterior(
+            self.mu_s.float(), self.logvar_s.float(), self.mu_c.float(), self.logvar_c.float()
+        )
+
+
+@dataclass
+class StepOutput:
+    """One training forward pass over a batch of pairs: the shared classifier's logits."""
+
+    logits_primary: torch.Tensor  # (B, K)
+    logits_aux: torch.Tensor | None  # (B, K); None for a single classifier
+
+
+@dataclass
+class JADEOutput(StepOutput):
+    """Everything the JADE objective needs from one batch of pairs (logits from sampled z_c)."""
+
+    q_aux: Posterior
+    q_primary: Posterior
+    recon_aux: torch.Tensor  # (B, C_a, H_a, W_a) logits
+    recon_primary: torch.Tensor  # (B, C_p, H_p, W_p) logits
+    mean_logits_aux: torch.Tensor | None = None  # (B, K) from mu_c, when the objective asks
+    mean_logits_primary: torch.Tensor | None = None
+
+
+@dataclass
+class TestOutput:
+    """One evaluation pass over images of one dataset: logits from the posterior mean and, for
+    JADE, the posterior and the reconstruction of one z ~ q(z | x)."""
+
+    logits: torch.Tensor  # (B, K)
+    q: Posterior | None = None
+    recon: torch.Tensor | None = None  # (B, C, H, W) logits

@@ -4,7 +4,7 @@ images outside its labeled subset (`jade evaluate RUN --split train-unlabeled`).
 
     python -m benchmarks.search --pair mnistm10 --seeds 0,1 --data-dir DATA_DIR \
         --log benchmarks/results/search.jsonl --out benchmarks/results/search.md \
-        --trial base= --trial detached='--match-target detached' --trial ep20='--epochs 20' \
+        --trial base= --trial ema='--ema 0.99' --trial ep20='--epochs 20' \
         -- --epochs 5
 
 Pairs are those of benchmarks/accuracy.py (`--pair mnistm10`) or your own

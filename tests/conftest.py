@@ -3,7 +3,10 @@ isolation every test gets. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,27 @@ from typer.testing import CliRunner
 from jadecli.cli import app
 from tests.helpers import fingerprint, tiny_synth_args
 
-# Keep the suite's timings stable on small CI machines.
+# One thread per test, in this process and in the `jade` processes tests start: the suite runs
+# in parallel (pytest -n auto), one test per core, and timings stay stable on small machines.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _shared(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder built once per test session and shared by the parallel workers (pytest-xdist):
+    the first worker to ask builds it under a file lock, the others wait and reuse it."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the temporary folder all workers of this session share
+    root = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / f"{name}.done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            build(root)
+            (base / f"{name}.done").touch()
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +44,11 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir holding the generated built-in pair (generated once per test session)."""
     from jadecli.data.registry import load_synth
 
-    root = tmp_path_factory.mktemp("synth-data")
-    for name in ("synth-street", "synth-hand"):
-        load_synth(name, root, lambda msg: None)
-    return root
+    def build(root: Path) -> None:
+        for name in ("synth-street", "synth-hand"):
+            load_synth(name, root, lambda msg: None)
+
+    return _shared(tmp_path_factory, "synth-data", build)
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +58,16 @@ def trained_runs(
     """One tiny finished run per model, trained once per test session, and what `jade train`
     printed (`<run>/../<model>-output.txt`). Read only: copy a run before changing it (the
     session ends with an error if a test changed one)."""
-    root = tmp_path_factory.mktemp("trained")
-    runs = {}
-    for model in ("single", "paired", "jade"):
-        out = root / model
-        result = CliRunner().invoke(app, tiny_synth_args(synth_dir, out, model))
-        assert result.exit_code == 0, result.output
-        (root / f"{model}-output.txt").write_text(result.output)
-        runs[model] = out
+    models = ("single", "paired", "jade")
+
+    def build(root: Path) -> None:
+        for model in models:
+            result = CliRunner().invoke(app, tiny_synth_args(synth_dir, root / model, model))
+            assert result.exit_code == 0, result.output
+            (root / f"{model}-output.txt").write_text(result.output)
+
+    root = _shared(tmp_path_factory, "trained", build)
+    runs = {model: root / model for model in models}
     before = {model: fingerprint(run) for model, run in runs.items()}
     yield runs
     changed = [model for model, run in runs.items() if fingerprint(run) != before[model]]

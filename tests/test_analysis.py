@@ -65,6 +65,7 @@ def assert_png(path: Path, min_side: int = 60) -> np.ndarray:
 # --------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_jade_writes_tables_and_matches_training(runner, run_copy):
     run = run_copy("jade")
     before = read_manifest(run)
@@ -135,6 +136,7 @@ def test_evaluate_json_pipes_through_a_real_shell(run_copy, tmp_path):
     assert yaml.safe_load(proc.stdout)["primary"]["accuracy"] == report["primary"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_min_accuracy_gate(runner, run_copy):
     run = run_copy("single")
     ok = runner.invoke(
@@ -176,6 +178,7 @@ def test_evaluate_splits_and_limit(runner, run_copy):
     assert (run / "analysis" / "evaluate-test-first100" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_out_and_checkpoint_flags(runner, run_copy, tmp_path):
     run = run_copy("jade")
     # another checkpoint of this model, whose classifier answers class 3 whatever it sees
@@ -246,6 +249,7 @@ def test_inspect_latents_jade(runner, run_copy):
     assert entry["primary"]["disentanglement_ratio"] == summary["primary"]["disentanglement_ratio"]
 
 
+@pytest.mark.slow
 def test_inspect_latents_paired_and_single_say_what_they_cannot_show(runner, run_copy):
     run = run_copy("paired")
     r = runner.invoke(app, ["inspect-latents", str(run), "--device", "cpu", "--format", "json"])
@@ -408,6 +412,7 @@ def test_damaged_runs_fail_cleanly_and_stay_intact(runner, run_copy, command):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_failed_and_running_runs_are_analysed_with_a_warning(runner, run_copy):
     run = run_copy("jade")
     m = read_manifest(run)
@@ -424,6 +429,7 @@ def test_failed_and_running_runs_are_analysed_with_a_warning(runner, run_copy):
     assert fingerprint(run) == before  # the trainer owns the manifest while running
 
 
+@pytest.mark.slow
 def test_moved_data_is_found_with_data_dir(runner, tmp_path):
     from tests.helpers import TINY, make_mnist
 
@@ -449,6 +455,7 @@ def test_moved_data_is_found_with_data_dir(runner, tmp_path):
     assert json.loads(r.stdout)["primary"]["images"] == 50
 
 
+@pytest.mark.slow
 def test_moved_folder_dataset_is_found(runner, tmp_path):
     from tests.helpers import TINY, make_folder
 

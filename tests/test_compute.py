@@ -86,6 +86,7 @@ def test_training_images_stay_8_bit_and_each_batch_is_converted_on_the_device(sy
     assert 0 <= float(xa.min()) <= float(xa.max()) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["single", "paired", "jade"])
 def test_a_bf16_forward_pass_is_bf16_and_within_its_rounding_of_fp32(synth_dir, model):
     """One model, one batch, forward in fp32 and under the bf16 autocast training uses (emulated

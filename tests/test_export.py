@@ -99,6 +99,7 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
         return torch.jit.load(str(path))
 
 
+@pytest.mark.slow
 def test_torchscript_export_predicts_as_the_run_and_evaluate(
     runner, trained_runs, opened, synth_dir, tmp_path
 ):
@@ -149,6 +150,7 @@ def test_torchscript_export_predicts_as_the_run_and_evaluate(
     assert report["primary"]["accuracy"] == correct / n
 
 
+@pytest.mark.slow
 def test_onnx_export_of_the_auxiliary_classifier(runner, trained_runs, opened, synth_dir, tmp_path):
     import onnxruntime as ort
 
@@ -180,6 +182,7 @@ def test_onnx_export_of_the_auxiliary_classifier(runner, trained_runs, opened, s
     assert np.array_equal(got.argmax(1), want.argmax(1).numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "fmt"), [("single", "onnx"), ("paired", "torchscript")])
 def test_single_and_paired_runs_export(runner, trained_runs, opened, tmp_path, model, fmt):
     run = trained_runs[model]

@@ -49,6 +49,7 @@ def poison_step(monkeypatch, at_call: int, term: str) -> None:
     monkeypatch.setattr(jadecli.objective, "jade_terms", patched)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     runner, synth_dir, tmp_path, monkeypatch
 ):
@@ -70,6 +71,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_nan_in_the_first_epoch_says_no_checkpoint(runner, synth_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     poison_step(monkeypatch, at_call=1, term="recon_primary")
@@ -278,6 +280,7 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3"]
 
 
+@pytest.mark.slow
 @linux_only
 def test_a_disk_too_small_for_one_checkpoint_says_to_start_again(
     runner, small_data, tmp_path, monkeypatch, checkpoint_bytes
@@ -349,6 +352,7 @@ def test_a_run_folder_on_a_real_tiny_filesystem(runner, small_data, tmp_path, ch
         subprocess.run(["umount", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_a_crash_leaves_status_failed_and_a_traceback_file(small_data, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated bug")

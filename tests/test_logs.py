@@ -81,6 +81,7 @@ def mlflow_history(client, run_id: str, names) -> dict[str, dict[int, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_both_logs_hold_every_epoch_and_a_resume_continues_them(
     runner, synth_dir, tmp_path, monkeypatch
 ):
@@ -143,6 +144,7 @@ def test_both_logs_hold_every_epoch_and_a_resume_continues_them(
     assert saved["epochs_completed"] == 3 and saved["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_resume_can_start_logging_a_run_saved_before_log_existed(runner, synth_dir, tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
@@ -165,6 +167,7 @@ def test_a_resume_can_start_logging_a_run_saved_before_log_existed(runner, synth
     assert not (out / "logs" / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_failed_in_mlflow_at_the_tracking_uri_of_the_environment(
     runner, synth_dir, tmp_path, monkeypatch
 ):

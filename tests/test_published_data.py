@@ -135,6 +135,7 @@ def test_mnistm_release_problems_name_the_file_and_line(tmp_path):
         load_dataset("mnist-m", tmp_path, False, None, lambda m: None)
 
 
+@pytest.mark.slow
 def test_train_on_usps_files_end_to_end(tmp_path, runner):
     write_usps(tmp_path / "USPS", n_train=100, n_test=40)
     make_mnist(tmp_path)

@@ -161,6 +161,7 @@ def test_missing_fonts_raise_runtime_error(monkeypatch: pytest.MonkeyPatch, tmp_
     assert generate_street(10, 0).images.shape == (10, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_import_renders_nothing() -> None:
     code = (
         "import sys, jadecli.data.synthetic as s; "

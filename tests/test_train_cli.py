@@ -136,6 +136,7 @@ def test_same_seed_same_numbers_other_seed_different(runner, synth_dir, trained_
     assert indices["a"] == indices["b"] != indices["c"]
 
 
+@pytest.mark.slow
 def test_config_file_precedence(runner, synth_dir, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("epochs: 1\nbatch-size: 40\nlr: 3e-4\nmodel: paired\nseed: 9\n")
@@ -153,6 +154,7 @@ def test_config_file_precedence(runner, synth_dir, tmp_path):
     assert c["style_dim"] == 10  # code default
 
 
+@pytest.mark.slow
 def test_default_out_is_a_fresh_folder_under_runs(runner, synth_dir, tmp_path):
     args = tiny_synth_args(synth_dir, tmp_path / "x", "single")
     i = args.index("--out")
@@ -164,6 +166,7 @@ def test_default_out_is_a_fresh_folder_under_runs(runner, synth_dir, tmp_path):
     assert read_manifest(made[0])["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_existing_out_is_refused_then_overwritten_on_request(runner, synth_dir, tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
@@ -212,6 +215,7 @@ def test_resume_extends_a_run_exactly(runner, synth_dir, tmp_path):
     assert [r["epoch"] for r in read_metrics(split)] == ["1", "2", "3", "4"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_recipe_and_reports_a_finished_run(runner, synth_dir, tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
@@ -234,6 +238,7 @@ def test_resume_of_a_missing_run_is_a_clear_error(runner, tmp_path):
     assert no_out.exit_code == 2 and "--resume needs --out" in no_out.output
 
 
+@pytest.mark.slow
 def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
     """The paper's pair, on tiny files in the official formats (not the official bytes)."""
     data = make_mnist(make_svhn(tmp_path / "data", n_train=100, n_test=30), 200, 40)
@@ -269,6 +274,7 @@ def test_svhn_and_mnist_files_end_to_end(runner, tmp_path):
     assert first == list(range(50))  # labels cycle 0..9, so the first 5 of each class are 0..49
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_keeps_the_planned_schedule(runner, synth_dir, tmp_path):
     """The cosine schedule is planned over the 2 epochs the run started with; the 2 epochs a
     resume adds train at the rate it ended with (lr / 100), never jumping back up."""
@@ -286,6 +292,7 @@ def test_resume_with_more_epochs_keeps_the_planned_schedule(runner, synth_dir, t
     assert load_ckpt(out / "checkpoints" / "last.pt")["schedule_steps"] == 2 * steps
 
 
+@pytest.mark.slow
 def test_runs_of_another_schema_or_checkpoint_format_get_one_line(runner, synth_dir, tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, tiny_synth_args(synth_dir, out, "single")).exit_code == 0
@@ -310,6 +317,7 @@ def test_runs_of_another_schema_or_checkpoint_format_get_one_line(runner, synth_
     assert "train the run again" in result.output
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_folder_whose_checkpoint_and_manifest_disagree(
     runner, synth_dir, tmp_path
 ):
@@ -323,6 +331,7 @@ def test_resume_refuses_a_folder_whose_checkpoint_and_manifest_disagree(
     assert "was trained with lr = 0.001" in result.output and "inconsistent" in result.output
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_that_trained_every_epoch_but_was_stopped_marks_it_completed(
     runner, synth_dir, tmp_path
 ):

@@ -37,6 +37,7 @@ def evaluate(runner, run: Path, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_val_holds_out_class_balanced_labeled_images_and_scores_them_every_epoch(
     runner, synth_dir, tmp_path
 ):
@@ -74,6 +75,7 @@ def test_val_holds_out_class_balanced_labeled_images_and_scores_them_every_epoch
     assert unlabeled["primary"]["images"] == whole["primary"]["images"] - 50
 
 
+@pytest.mark.slow
 def test_best_val_keeps_the_best_epoch_and_every_command_uses_it(
     runner, synth_dir, tmp_path, monkeypatch
 ):
@@ -113,6 +115,7 @@ def test_best_val_keeps_the_best_epoch_and_every_command_uses_it(
     assert "best.pt (--select best-val), which is missing" in result.output
 
 
+@pytest.mark.slow
 def test_no_test_never_evaluates_the_test_split(runner, synth_dir, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the test split was evaluated")

@@ -128,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--parallel", type=int, default=1, metavar="K", help="runs at once")
     ap.add_argument("--title", default="Real-data accuracy: single vs paired vs JADE")
+    ap.add_argument(
+        "--launcher",
+        default="jadecli",
+        help="the module run as `python -m MODULE train|evaluate ...` (benchmarks.bf16sim: bf16 "
+        "products simulated at fp32 speed, for CPUs without native bf16)",
+    )
     ap.add_argument("extra", nargs="*", help="more `jade train` flags (after --)")
     args = ap.parse_args(argv)
     if args.parallel < 1:
@@ -204,10 +210,13 @@ def saved_dev(run: Path) -> float | None:
 
 
 def evaluate_dev(
-    run: Path, data_dir: str | None, env: Mapping[str, str] | None = None
+    run: Path,
+    data_dir: str | None,
+    env: Mapping[str, str] | None = None,
+    launcher: str = "jadecli",
 ) -> tuple[float | None, str]:
     """(primary dev accuracy in %, "") from `jade evaluate`, or (None, its error line)."""
-    cmd = [sys.executable, "-m", "jadecli", "evaluate", str(run), "--split", DEV_SPLIT]
+    cmd = [sys.executable, "-m", launcher, "evaluate", str(run), "--split", DEV_SPLIT]
     cmd += ["--format", "json"] + (["--data-dir", data_dir] if data_dir else [])
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=None if env is None else dict(env)
@@ -222,14 +231,17 @@ def evaluate_dev(
 
 
 def dev_score(
-    run: Path, data_dir: str | None, env: Mapping[str, str] | None = None
+    run: Path,
+    data_dir: str | None,
+    env: Mapping[str, str] | None = None,
+    launcher: str = "jadecli",
 ) -> dict[str, Any]:
     """The run's dev accuracy as Result.extra entries: read back if saved, else evaluated."""
     saved = saved_dev(run)
     if saved is not None:
         return {"dev": saved, "dev_source": "saved"}
     t0 = time.perf_counter()
-    dev, error = evaluate_dev(run, data_dir, env)
+    dev, error = evaluate_dev(run, data_dir, env, launcher)
     out: dict[str, Any] = {"dev": dev, "dev_source": "evaluated"}
     out["dev_seconds"] = round(time.perf_counter() - t0, 1)
     if error:
@@ -259,7 +271,7 @@ def run_one(
     if not manifest:
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "jadecli", *cmd[1:-2], "--out", str(run), "--overwrite"],
+            [sys.executable, "-m", args.launcher, *cmd[1:-2], "--out", str(run), "--overwrite"],
             capture_output=True,
             text=True,
             env=None if env is None else dict(env),
@@ -280,7 +292,7 @@ def run_one(
     extra = {"train_seconds": manifest.get("train_seconds"), "precision": manifest.get("precision")}
     status = str(manifest.get("status", "?"))
     if args.dev and status == "completed":
-        extra.update(dev_score(run, args.data_dir, env))
+        extra.update(dev_score(run, args.data_dir, env, args.launcher))
     return Result(
         pair.name,
         model,

@@ -15,7 +15,9 @@ threads time, in interleaved repetitions:
 Peak resident memory is measured per (setup, model, implementation) in a child process. Then the
 time to accuracy of the default recipe (`jade train --primary usps --auxiliary mnist
 --n-labeled 100`), and the peak memory of the paper's protocol (SVHN-format primary with
-73,257 + 26,032 images, 1,000 labeled; MNIST 4,500 per class) through the real CLI.
+73,257 + 26,032 images, 1,000 labeled; MNIST 4,500 per class) through the real CLI. The report
+opens with this machine's ceiling: the matrix-product and convolution peak in fp32 and (where
+native) bf16 (`benchmarks.step_speed.peaks`).
 
     python -m benchmarks.throughput --data-dir DATA_DIR \
         --out benchmarks/results/throughput.md
@@ -50,6 +52,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms
 
+from benchmarks.step_speed import peaks
 from jadecli.compute import EVAL_BATCH, native_bf16, resolve_device, resolve_precision
 from jadecli.config import TrainConfig
 from jadecli.config.train import JADE_ONLY
@@ -580,6 +583,14 @@ def render(
         "# Throughput: jadecli engine vs a plain PyTorch loop",
         "",
         f"- Machine: {machine(device)}; device `{device}`.",
+        f"- This machine's ceiling, {torch.get_num_threads()} threads (forward GFLOP/s): "
+        + (
+            ", ".join(f"{k} {v:.0f}" for k, v in args.peak.items())
+            if args.peak
+            else "not measured on a GPU"
+        )
+        + ". The default JADE step as a share of it, against old main and compiled: "
+        "`python -m benchmarks.step_speed` (benchmarks/results/step_speed.md).",
         f"- Command: `{' '.join(shlex.quote(a) for a in sys.argv)}` ({seconds / 60:.1f} min).",
         f"- {args.reps} interleaved repetitions of {args.steps} training steps (batch {BATCH}) "
         f"and of evaluating the first {args.eval_images:,} test images of each dataset; median "
@@ -691,6 +702,8 @@ def main() -> int:
         args.no_paper_memory = True
     device = resolve_device(args.device)
     t0 = time.perf_counter()
+    cpu = device.type == "cpu"
+    args.peak = peaks(torch.get_num_threads(), native_bf16(device)) if cpu else {}
     names = [n for n, _ in impls(device)]
     rows: list[Row] = []
     prof = ""

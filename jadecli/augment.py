@@ -79,23 +79,36 @@ def style_mix(x_aux: torch.Tensor, primary: torch.Tensor, p: float) -> torch.Ten
     keeps the primary's colours and textures but not its digit. This is how MNIST-M was made
     from MNIST (with photo patches for T); it teaches the shared trunk the primary's look from
     thousands of labeled auxiliary images instead of the primary's handful."""
-    b = x_aux.shape[0]  # x_aux: (B, C, H, W), the primary's channels and size
-    idx = torch.randint(len(primary), (b,), device=x_aux.device)
-    t = primary[idx.to(primary.device)].to(x_aux.device).float()  # (B, C, H, W)
-    t = _shuffle_tiles(t / 255 if primary.dtype == torch.uint8 else t, 8)  # 8-bit or [0, 1]
-    t = torch.where(torch.rand(b, 1, 1, 1, device=t.device) < 0.5, t, t.flip(3))
-    mixed = (t - x_aux.float()).abs()
-    pick = torch.rand(b, 1, 1, 1, device=x_aux.device) < p
-    return torch.where(pick, mixed, x_aux.float()).contiguous(memory_format=_layout(x_aux))
+    b, _, h, w = x_aux.shape  # the primary's channels and size
+    dev = x_aux.device
+    # every draw for the whole batch, in a fixed order (so the stream of random numbers does not
+    # depend on which images are picked); the textures are then made for the picked ones only
+    idx = torch.randint(len(primary), (b,), device=dev)
+    tiles = _tiles(h, 8)[0] * _tiles(w, 8)[0]
+    order = torch.rand(b, tiles, device=dev).argsort(1)  # (B, tiles) random permutations
+    keep = torch.rand(b, device=dev) < 0.5  # the others are mirrored
+    rows = (torch.rand(b, device=dev) < p).nonzero().flatten()  # the images redrawn
+    out = x_aux.float().clone(memory_format=_layout(x_aux))  # (B, C, H, W)
+    if len(rows):
+        t = primary[idx[rows].to(primary.device)].to(dev).float()  # (R, C, H, W)
+        t = _shuffle_tiles(t / 255 if primary.dtype == torch.uint8 else t, order[rows])
+        t = torch.where(keep[rows, None, None, None], t, t.flip(3))
+        out[rows] = (t - out[rows]).abs()
+    return out
 
 
-def _shuffle_tiles(t: torch.Tensor, grid: int) -> torch.Tensor:
+def _tiles(side: int, grid: int) -> tuple[int, int]:
+    """(tiles, tile side) along one side of an image cut into a `grid` x `grid` grid."""
+    tile = max(side // grid, 1)
+    return side // tile, tile
+
+
+def _shuffle_tiles(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Each image's tiles (an 8 x 8 grid) in the order `order` (B, tiles) gives."""
     b, c, h, w = t.shape
-    th, tw = max(h // grid, 1), max(w // grid, 1)
-    gh, gw = h // th, w // tw
+    (gh, th), (gw, tw) = _tiles(h, 8), _tiles(w, 8)
     tiles = t[:, :, : gh * th, : gw * tw].reshape(b, c, gh, th, gw, tw)
     tiles = tiles.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, th, tw)
-    order = torch.rand(b, gh * gw, device=t.device).argsort(1)  # (B, tiles)
     tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
     out = tiles.reshape(b, gh, gw, c, th, tw).permute(0, 3, 1, 4, 2, 5)
     out = out.reshape(b, c, gh * th, gw * tw)

@@ -8,9 +8,10 @@ evaluated exactly the way it was trained (same layout, same precision, same batc
 - **Layout.** Convolutions run channels-last (NHWC) on CPU and CUDA: oneDNN and cuDNN have
   faster kernels for it (training 1.9x, inference 2-4x on this project's 2-core Xeon).
 - **Precision.** `auto` is bf16 where the hardware computes it natively (CUDA GPUs with bf16
-  support; CPUs with AMX tiles), else fp32; `bf16` is autocast. Weights, optimiser state and
-  every loss term stay fp32; only convolutions and matrix products run in bf16. The analysis
-  commands' `auto` is the precision the run trained in (`analysis_precision`).
+  support; x86 CPUs whose /proc/cpuinfo lists avx512_bf16 or amx_bf16), else fp32;
+  `bf16` is autocast. Weights, optimiser state and every loss term stay fp32; only convolutions
+  and matrix products run in bf16. The analysis commands' `auto` is the precision the run was
+  trained in (`analysis_precision`).
 - **Threads.** torch's default thread count is the number of physical cores, which overcounts
   inside containers pinned to fewer CPUs; `configure_threads` caps it at the CPUs this process
   may run on, unless the user set OMP_NUM_THREADS.
@@ -24,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -64,27 +67,70 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+# x86 CPU features that compute bf16 dot products in hardware, as /proc/cpuinfo names them:
+# AVX512_BF16 (VDPBF16PS) and AMX tiles. oneDNN's bf16 convolutions and matrix products use them;
+# without them bf16 is emulated, slower than fp32. (Arm's BF16 extension is not counted: bf16
+# training has not been measured to pay there.)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_features(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The native bf16 features this CPU reports (BF16_CPU_FLAGS, read from the `flags` line of
+    /proc/cpuinfo, or of `cpuinfo` when given); `()` if none. Where there is no /proc/cpuinfo
+    (macOS, Windows), torch's own AMX check is the only evidence."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+            return ("amx_bf16",) if amx is not None and amx() else ()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # the first CPU speaks for all
+            flags = set(value.split())
+            return tuple(f for f in BF16_CPU_FLAGS if f in flags)
+    return ()
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 convolutions and matrix products in hardware."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(amx and amx())
+        return bool(cpu_bf16_features())
     return False
+
+
+def precision_reason(requested: str, device: torch.device) -> tuple[str, str]:
+    """`--precision auto|fp32|bf16` -> (the precision, why), e.g. ("bf16", "native on this CPU
+    (avx512_bf16)") or ("fp32", "this CPU has no native bf16 (no avx512_bf16 or amx_bf16)")."""
+    if requested == "bf16" and device.type == "mps":
+        raise UsageError("--precision bf16 is not supported on MPS; use --precision fp32")
+    if device.type == "cpu":
+        features = cpu_bf16_features()
+        native = f"native on this CPU ({', '.join(features)})"
+        missing = "this CPU has no native bf16 (no avx512_bf16 or amx_bf16)"
+    elif device.type == "cuda":
+        features = ("bf16",) if native_bf16(device) else ()
+        name = torch.cuda.get_device_name(device)
+        native, missing = f"native on this GPU ({name})", f"{name} has no native bf16"
+    else:
+        features, native, missing = (), "", f"{device.type} has no bf16 autocast here"
+    if requested == "auto":
+        return ("bf16", native) if features else ("fp32", missing)
+    if requested == "bf16":
+        return "bf16", ("requested; " + native) if features else "requested; emulated: " + missing
+    return "fp32", "requested"
 
 
 def resolve_precision(
     requested: str, device: torch.device, warn: Callable[[str], None] | None = None
 ) -> str:
     """`auto|fp32|bf16` -> `fp32|bf16` for this device (`auto`: bf16 where native)."""
-    if requested == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if requested == "bf16" and device.type == "mps":
-        raise UsageError("--precision bf16 is not supported on MPS; use --precision fp32")
+    precision, _ = precision_reason(requested, device)
     if requested == "bf16" and not native_bf16(device) and warn is not None:
         warn(f"{device.type} has no native bf16 here: bf16 will be emulated and slower than fp32")
-    return requested
+    return precision
 
 
 def analysis_precision(
@@ -98,6 +144,16 @@ def analysis_precision(
     if trained == "bf16" and (device.type == "cpu" or native_bf16(device)):
         return resolve_precision("bf16", device, warn)
     return "fp32"
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with ($CXX, g++, clang++ or c++
+    on the PATH), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    return None
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
@@ -118,8 +174,9 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 in [0, 1] on `device`, in the model's layout."""
-    x = images.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=memory_format(device))  # (B, C, H, W), NHWC in memory
+    # the layout is changed on the 8-bit copy (a quarter of the bytes), then kept by .float()
+    x = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
+    return x.float().div_(255)  # (B, C, H, W), NHWC in memory
 
 
 # glibc keeps freed blocks below its mmap threshold in its heap, and raises that threshold (up

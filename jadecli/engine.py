@@ -39,6 +39,7 @@ from jadecli import manifest as records
 from jadecli.compute import (
     configure_allocator,
     configure_threads,
+    precision_reason,
     resolve_device,
     resolve_precision,
 )
@@ -316,15 +317,21 @@ def _prepare_rank(
 ) -> tuple[TrainConfig, TrainData, Trainer]:
     device = resolve_device(distributed.rank_device(cfg.device, d))
     precision = resolve_precision(cfg.precision, device, reporter.warn)
-    configure_threads()
+    _, why = precision_reason(cfg.precision, device)
+    threads = configure_threads()
     configure_allocator()
+    # the first line a run prints: where it computes and why, before the data loads
+    on = f" ({threads} threads)" if device.type == "cpu" else ""
+    reporter.info(f"device: {device}{on}; {precision}: {why}")
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))
     cfg, data = training_data(cfg, reporter)  # with what the data decided, for the manifest
     trainer = Trainer(cfg, data, device, precision, resumed, d)
-    if cfg.device == "auto" or cfg.precision == "auto":
-        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-        reporter.info(f"device: {device}, precision {precision}{threads}")
+    trainer.precision_reason = why
+    if trainer.compiled:
+        reporter.info("--compile: the first steps wait for the compilation (about a minute)")
+    elif cfg.compile:
+        reporter.warn(f"--compile: {trainer.compile_reason}; training uncompiled")
     return cfg, data, trainer
 
 
@@ -370,6 +377,8 @@ def _start_resumed(
         config=cfg.to_dict(),
         device=str(trainer.device),
         precision=trainer.precision,
+        precision_reason=trainer.precision_reason,
+        compile=trainer.compile_reason,
         threads=torch.get_num_threads(),
         ended_at=None,
         error=None,

@@ -137,6 +137,8 @@ def new_manifest(
         "seed": cfg.seed,
         "device": str(trainer.device),
         "precision": trainer.precision,
+        "precision_reason": trainer.precision_reason,
+        "compile": trainer.compile_reason,
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "config": cfg.to_dict(),

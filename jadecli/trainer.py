@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from jadecli.batches import Batches
-from jadecli.compute import EVAL_BATCH, autocast, place_model, to_input
+from jadecli.compute import EVAL_BATCH, autocast, cxx_compiler, place_model, to_input
 from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.data.sampling import derive_seed
@@ -105,6 +105,7 @@ class Trainer:
         not read (the file may be gone). `dist`: this process's place under torchrun; call
         `distribute()` once every rank has built its trainer."""
         self.cfg, self.data, self.device, self.precision = cfg, data, device, precision
+        self.precision_reason = ""  # why this precision (engine: `precision_reason`)
         self.dist = dist or Dist()
         self.spec = model_spec(cfg, data)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -113,16 +114,18 @@ class Trainer:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
         self.objective = Objective(cfg, self.spec)
-        # the module a step runs: the model, or its DistributedDataParallel wrapper (distribute)
-        self.step_module: nn.Module = _TrainStep(self.model, self.objective.wants_mean_logits)
+        self.batches = Batches(cfg, data, device, self.dist)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.compiled, self.compile_reason = compile_plan(cfg, device)
+        # the module a step runs: the model, or its DistributedDataParallel wrapper (distribute),
+        # compiled or not
+        self.step_module = self._compiled(_TrainStep(self.model, self.objective.wants_mean_logits))
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(
             list(self.model.parameters()), device, cfg.lr, cfg.adam_beta1
         )
         self.max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        self.batches = Batches(cfg, data, device, self.dist)
-        self.steps_per_epoch = self.batches.steps_per_epoch
         # The learning-rate schedule is planned over the epochs the run starts with; a resumed
         # run keeps its plan (load_state).
         self.schedule_steps = self.steps_per_epoch * cfg.epochs
@@ -148,7 +151,19 @@ class Trainer:
         params = inspect.signature(DistributedDataParallel.__init__).parameters
         sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
         step = _TrainStep(self.model, self.objective.wants_mean_logits)
-        self.step_module = DistributedDataParallel(step, device_ids=ids, **{sync: False})
+        ddp = DistributedDataParallel(step, device_ids=ids, **{sync: False})
+        self.step_module = self._compiled(ddp)
+
+    def _compiled(self, step: nn.Module) -> nn.Module:
+        """`step` under torch.compile when the run compiles (`--compile`), else itself."""
+        if not self.compiled:
+            return step
+        # a step that fails to compile runs uncompiled (dynamo warns) rather than stop the run;
+        # random draws (the latent noise) from torch's own generator, as the plain step draws
+        # them, so a compiled run trains what the plain one does, seeds included
+        torch._dynamo.config.suppress_errors = True
+        torch._inductor.config.fallback_random = True
+        return torch.compile(step)  # type: ignore[return-value]
 
     def sync_buffers(self) -> None:
         """Under torchrun: one set of BatchNorm statistics, the mean of the ranks'."""
@@ -198,6 +213,15 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.schedule_steps = int(state["schedule_steps"])
         return int(state["epoch"])
+
+
+def compile_plan(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
+    """`--compile` -> (compile the step?, what the manifest records)."""
+    if not cfg.compile:
+        return False, "off"
+    if device.type == "cpu" and cxx_compiler() is None:
+        return False, "off: no C++ compiler (g++, clang++ or $CXX) on this machine"
+    return True, "on"
 
 
 def model_spec(cfg: TrainConfig, data: TrainData) -> ModelSpec:

@@ -21,6 +21,7 @@ from tests.helpers import TINY, make_mnist, tiny_synth_args
 
 CUDA = torch.cuda.is_available()
 CPU = torch.device("cpu")
+_REAL_FEATURES = compute.cpu_bf16_features  # the parser, before any test patches it
 
 
 def manifest(run: Path) -> dict:
@@ -230,3 +231,94 @@ def test_cuda_trainer_keeps_data_on_the_gpu_and_fuses_adam(synth_dir):
     assert trainer.optimizer.defaults.get("fused") is True
     row = train_one_epoch(trainer, 0, NullReporter())
     assert row["loss"] > 0
+
+
+# /proc/cpuinfo as the three kinds of machine this project trains on report it (abridged)
+XEON_AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+EPYC_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+EPYC_AVX2 = "processor\t: 0\nflags\t\t: fpu fma avx avx2\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpus_feature_flags():
+    assert compute.cpu_bf16_features(XEON_AMX) == ("amx_bf16", "avx512_bf16")
+    assert compute.cpu_bf16_features(EPYC_BF16) == ("avx512_bf16",)
+    assert compute.cpu_bf16_features(EPYC_AVX2) == ()
+    assert compute.cpu_bf16_features(ARM_BF16) == ()  # not measured to pay: fp32 under auto
+    assert compute.cpu_bf16_features("processor\t: 0\n") == ()  # no flags line: not native
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, requested, expected, why",
+    [
+        (EPYC_BF16, "auto", "bf16", "native on this CPU (avx512_bf16)"),
+        (XEON_AMX, "auto", "bf16", "native on this CPU (amx_bf16, avx512_bf16)"),
+        (EPYC_AVX2, "auto", "fp32", "this CPU has no native bf16"),
+        (EPYC_BF16, "fp32", "fp32", "requested"),
+        (EPYC_AVX2, "bf16", "bf16", "requested; emulated: this CPU has no native bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_on_cpus_that_compute_it_and_says_why(
+    monkeypatch, cpuinfo, requested, expected, why
+):
+    monkeypatch.setattr(compute, "cpu_bf16_features", lambda: _REAL_FEATURES(cpuinfo))
+    precision, reason = compute.precision_reason(requested, CPU)
+    assert precision == expected and reason.startswith(why)
+    assert compute.resolve_precision(requested, CPU) == expected
+
+
+def test_a_runs_first_line_and_manifest_give_its_precision_and_why(monkeypatch, runner, tmp_path):
+    data = make_mnist(tmp_path / "data", n_train=100, n_test=20)
+    for cpuinfo, precision, why in (
+        (EPYC_AVX2, "fp32", "this CPU has no native bf16"),
+        (EPYC_BF16, "bf16", "native on this CPU (avx512_bf16)"),
+    ):
+        monkeypatch.setattr(compute, "cpu_bf16_features", lambda c=cpuinfo: _REAL_FEATURES(c))
+        out = tmp_path / precision
+        args = ["train", "--primary", "mnist", "--n-labeled", "20", "--model", "single"]
+        args += ["--data-dir", str(data), "--out", str(out), *TINY, "--epochs", "1"]
+        args += ["--epoch-size", "40", "--no-progress"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        first = result.output.splitlines()[0]
+        assert first.startswith("device: cpu (") and f"{precision}: {why}" in first, first
+        m = manifest(out)
+        assert m["precision"] == precision and m["precision_reason"].startswith(why)
+
+
+def test_compile_without_a_compiler_warns_once_and_trains_uncompiled(
+    monkeypatch, runner, synth_dir, tmp_path
+):
+    monkeypatch.setattr("jadecli.trainer.cxx_compiler", lambda: None)
+    out = tmp_path / "run"
+    result = runner.invoke(app, tiny_synth_args(synth_dir, out, extra=("--compile",)))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("--compile: off: no C++ compiler") == 1
+    m = manifest(out)
+    assert m["status"] == "completed" and m["compile"].startswith("off: no C++ compiler")
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_what_the_plain_step_trains(synth_dir):
+    """--compile: the same losses as the plain step, to float rounding (inductor fuses the
+    element-wise ops, so the sums run in another order)."""
+    rows = []
+    for compile_ in (False, True):
+        cfg = TrainConfig(
+            primary="synth-street",
+            auxiliary="synth-hand",
+            n_labeled=50,
+            data_dir=str(synth_dir),
+            epoch_size=100,
+            batch_size=50,
+            hidden_dim=32,
+            compile=compile_,
+            augment="none",
+        )
+        cfg, data = training_data(cfg, NullReporter())
+        t = Trainer(cfg, data, CPU, "fp32")
+        assert t.compiled == compile_
+        rows.append(train_one_epoch(t, 0, NullReporter()))
+    plain, compiled = rows
+    for term in ("loss", "recon_primary", "kl_match", "ce_primary"):
+        assert compiled[term] == pytest.approx(plain[term], rel=1e-3), term

@@ -110,6 +110,7 @@ SAMPLE = {
     "seed": 11,
     "device": "cpu",
     "precision": "fp32",
+    "compile": True,
     "memory_budget": 6.5,
     "eval_every": 2,
     "test": False,

@@ -143,6 +143,8 @@ MANIFEST = {
     "seed": "int",
     "device": "str",
     "precision": "str",
+    "precision_reason": "str",  # e.g. "native on this CPU (avx512_bf16)"
+    "compile": "str",  # "on", "off", or why it is off
     "threads": "int",
     "versions.python": "str",
     "versions.torch": "str",

@@ -62,8 +62,8 @@ AUGMENT_FIELDS = ("aug_shift", "aug_rotate", "aug_scale", "aug_color")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(
-    {"epochs", "device", "precision", "data_dir", "download", "eval_every", "test", "memory_budget"}
-    | {"log"}  # experiment logs are views of the run, not part of what it computes
+    {"epochs", "device", "precision", "compile", "data_dir", "download", "eval_every", "test"}
+    | {"memory_budget", "log"}  # experiment logs are views of the run, not part of what it computes
 )
 
 
@@ -447,11 +447,19 @@ class TrainConfig:
     precision: str = opt(
         "auto",
         "Arithmetic of the forward pass: fp32; bf16 (autocast; weights, optimiser and losses "
-        "stay fp32; 2-3x faster on CPUs with AMX and on CUDA); or auto (bf16 where the device "
-        "computes it natively, else fp32).",
+        "stay fp32; about 2x faster on CPUs with AVX512_BF16 or AMX and on recent GPUs, much "
+        "slower elsewhere); or auto (bf16 where the device computes it natively, else fp32; the "
+        "run's first line says which and why).",
         group=RUN,
         metavar="auto|fp32|bf16",
         choices=PRECISIONS,
+    )
+    compile: bool = opt(
+        False,
+        "Run the training step under torch.compile (on a CPU it needs a C++ compiler; without "
+        "one the step runs uncompiled, with a warning). Off by default: on the CPUs measured the "
+        "compiled step was slower at 28-64 px and no faster at 128 px (docs/speed.md).",
+        group=RUN,
     )
     memory_budget: float | None = opt(
         None,

@@ -21,7 +21,8 @@ instead of evaluated again.
 --parallel K trains K runs at once, each with OMP_NUM_THREADS = CPUs // K (at least 1, at most
 an OMP_NUM_THREADS already set). Pairs run one after another, so a matrix cut short has whole
 rows to compare; within a pair the longest cells (jade, then paired, then single) start first.
-On 2 CPUs two 1-thread runs train about 1.4x as many pairs per second as one 2-thread run.
+On 2 CPUs two 1-thread runs train 1.0-1.4x as many pairs per second as one 2-thread run (about
+1.05x on a 2-core AMD EPYC Zen 3, about 1.4x on a 2-core Xeon; docs/speed.md).
 """
 
 from __future__ import annotations

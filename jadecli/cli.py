@@ -288,6 +288,16 @@ def train(ctx: typer.Context, **values: Any) -> None:
         typer.echo(f"primary   test accuracy ({result.primary}): {100 * acc_p:.2f}%")
     if acc_a is not None:
         typer.echo(f"auxiliary test accuracy ({result.auxiliary}): {100 * acc_a:.2f}%")
+    from jadecli.generative import SAMPLE  # torch is loaded by now
+    from jadecli.metrics import DECODER_COLUMNS
+
+    kept = [result.final.get(k) for k in DECODER_COLUMNS]
+    if None not in kept:  # JADE, tested: do its decoders keep what they are given?
+        typer.echo(
+            f"decoders ({SAMPLE} test images each): class kept {100 * kept[0]:.0f}% / "
+            f"{100 * kept[1]:.0f}% (primary / auxiliary); swaps keep content {100 * kept[2]:.0f}% "
+            f"(auxiliary content, primary style) / {100 * kept[3]:.0f}% (the reverse)"
+        )
 
 
 # --------------------------------------------------------------------------- analysis

@@ -189,19 +189,27 @@ def print_reconstruct(report: dict[str, Any]) -> None:
     console = _console()
     _header(console, report, "reconstruct")
     table = Table(title="reconstructions (from posterior means)")
-    for col in ("dataset", "mean BCE (nats)", "mean MSE", "class kept"):
+    for col in ("dataset", "mean BCE (nats)", "mean MSE", "class kept", "prediction kept"):
         table.add_column(col, justify="left" if col == "dataset" else "right")
     for role, r in (report.get("reconstruction") or {}).items():
-        table.add_row(role, _num(r["mean_bce"], 5), _num(r["mean_mse"], 3), _pct(r["class_kept"]))
+        table.add_row(
+            role,
+            _num(r["mean_bce"], 5),
+            _num(r["mean_mse"], 3),
+            _pct(r["class_kept"]),
+            _pct(r["prediction_kept"]),
+        )
     console.print(table)
     swaps = Table(title="style/content swaps, classified by the run's own encoder + classifier")
-    for col in ("content + style", "decoder", "content class kept", "style's class"):
+    cols = ("content + style", "decoder", "content class kept", "prediction kept", "style's class")
+    for col in cols:
         swaps.add_column(col, justify="left" if col == "content + style" else "right")
     for s in (report.get("swaps") or {}).values():
         swaps.add_row(
             f"{s['content_from']} + {s['style_from']}",
             s["decoder"],
             _pct(s["content_kept"]),
+            _pct(s["content_prediction_kept"]),
             _pct(s["style_class"]),
         )
     console.print(swaps)

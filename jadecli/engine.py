@@ -410,7 +410,7 @@ def _start_resumed(
 def _train_epochs(s: _Session, reporter: Reporter) -> float:
     """Train the remaining epochs; returns the seconds spent."""
     cfg, trainer, data = s.cfg, s.trainer, s.data
-    columns = metric_columns(trainer.objective.terms)
+    columns = metric_columns(trainer.objective.terms, trainer.spec.generative)
     t_start = time.perf_counter()
     for epoch in range(s.start_epoch, cfg.epochs):
         s.epoch = epoch
@@ -464,7 +464,8 @@ def _complete(s: _Session, seconds: float) -> TrainResult:
         measured = evaluate_test(model, s.data, trainer.device, trainer.precision)
         chosen.update(measured)
         s.log.epoch({"epoch": chosen["epoch"], **measured})  # at the chosen epoch's step
-        s.run.write_metrics(metric_columns(trainer.objective.terms), s.rows)
+        columns = metric_columns(trainer.objective.terms, trainer.spec.generative)
+        s.run.write_metrics(columns, s.rows)
         s.manifest["final_metrics"] = records.final_from_rows(s.rows, s.cfg.select)
     s.manifest["train_seconds"] = round(float(s.manifest.get("train_seconds") or 0) + seconds, 2)
     records.finish(s.run, s.manifest, "completed", None)

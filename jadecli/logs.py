@@ -38,6 +38,7 @@ from jadecli import __version__
 from jadecli.compute import autocast, to_input
 from jadecli.config import TrainConfig
 from jadecli.errors import JadeError
+from jadecli.metrics import DECODER_COLUMNS
 from jadecli.progress import Reporter
 from jadecli.run import MANIFEST, METRICS
 
@@ -99,6 +100,8 @@ def metric_name(column: str) -> str:
     optim/lr, speed/examples_per_s, ..."""
     if column in NAMES:
         return NAMES[column]
+    if column in DECODER_COLUMNS:
+        return f"decoders/{column}"
     return f"accuracy/{column}" if "_acc_" in column else f"loss/{column}"
 
 

@@ -15,6 +15,7 @@ from jadecli import __version__
 from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.errors import StorageError
+from jadecli.metrics import DECODER_COLUMNS
 from jadecli.run import BEST, CHECKPOINT_DIR, LABELED, LAST, SCHEMA_VERSION, RunDir
 from jadecli.run import now as _now
 
@@ -41,12 +42,15 @@ def final_from_rows(rows: list[dict[str, Any]], select: str = "last") -> dict[st
     """The manifest's final_metrics: those of the selected epoch (its test accuracy is None when
     it was not evaluated)."""
     row = selected_row(rows, select) or {}
+    # JADE: how well the decoders keep class and content (jadecli.generative)
+    decoders = {k: num(row.get(k)) for k in DECODER_COLUMNS if k in row}
     return {
         "primary_test_accuracy": num(row.get("test_acc_primary")),
         "auxiliary_test_accuracy": num(row.get("test_acc_aux")),
         "primary_train_accuracy": num(row.get("train_acc_primary")),
         "primary_val_accuracy": num(row.get("val_acc_primary")),
         "loss": num(row.get("loss")),
+        **decoders,
         "selection": select,
         "selected_epoch": int(row["epoch"]) if row else None,
     }

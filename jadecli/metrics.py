@@ -17,9 +17,17 @@ import torch
 
 from jadecli.distributed import Dist, all_sum
 
+# JADE's decoders, scored on a fixed sample of test images (jadecli.generative.decoder_metrics)
+DECODER_COLUMNS = (
+    "class_kept_primary",
+    "class_kept_aux",
+    "swap_kept_aux_to_primary",
+    "swap_kept_primary_to_aux",
+)
 
-def metric_columns(terms: tuple[str, ...]) -> list[str]:
-    """metrics.csv's columns for an objective with these loss terms."""
+
+def metric_columns(terms: tuple[str, ...], generative: bool = False) -> list[str]:
+    """metrics.csv's columns for an objective with these loss terms (`generative`: JADE's)."""
     return [
         "epoch",
         "lr",
@@ -30,6 +38,7 @@ def metric_columns(terms: tuple[str, ...]) -> list[str]:
         "val_acc_primary",
         "test_acc_primary",
         "test_acc_aux",
+        *(DECODER_COLUMNS if generative else ()),
         "seconds",
         "examples_per_s",
     ]

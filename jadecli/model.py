@@ -24,7 +24,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from jadecli.nets import Classifier, Cnns, Decoder, ResNetTrunk, Trunk, encoders
+from jadecli.nets import (
+    Classifier,
+    Cnns,
+    Decoder,
+    Encoder,
+    ResNetTrunk,
+    Trunk,
+    encoders,
+    style_layers,
+)
 from jadecli.outputs import JADEOutput, Posterior, StepOutput, TestOutput
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec, one_trunk
 
@@ -43,17 +52,21 @@ class VAEEncoder(nn.Module):
         style_dim: int,
         content_dim: int,
         content_head: nn.Linear | None = None,
+        style_cnn: Trunk | None = None,
     ):
         super().__init__()
         self.cnn, self.role = cnn, role
         self.style_dim, self.content_dim = style_dim, content_dim
-        self.style_head = nn.Linear(cnn.out_features, 2 * style_dim)
+        # the style latent reads its own CNN where there is one, else the trunk's features
+        self.style_cnn = style_cnn
+        self.style_head = nn.Linear((style_cnn or cnn).out_features, 2 * style_dim)
         # one-trunk arches pass one content head to both encoders
         self.content_head = content_head or nn.Linear(cnn.out_features, 2 * content_dim)
 
     def forward(self, x: torch.Tensor) -> Posterior:
         h = self.cnn(x, self.role)  # (B, out_features)
-        mu_s, lv_s = self.style_head(h).chunk(2, dim=1)
+        hs = h if self.style_cnn is None else self.style_cnn(x)  # (B, style features)
+        mu_s, lv_s = self.style_head(hs).chunk(2, dim=1)
         mu_c, lv_c = self.content_head(h).chunk(2, dim=1)
         return Posterior(mu_s, _squash(lv_s), mu_c, _squash(lv_c))
 
@@ -68,6 +81,9 @@ def reparameterize(
     """z = mu + eps * sigma with eps ~ N(0, I) (from `generator`, else torch's global RNG)."""
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + eps * torch.exp(0.5 * logvar)
+
+
+CRITIC_WIDTH = 128  # hidden width of the style critic (--style-adversary-weight)
 
 
 class RoleModel(nn.Module):
@@ -161,11 +177,22 @@ class JADE(RoleModel):
         assert a_cnn is not None
         # one trunk: one content head too (style heads stay per dataset)
         head = nn.Linear(p_cnn.out_features, 2 * c) if one_trunk(spec.arch) else None
-        self.primary_encoder = VAEEncoder(p_cnn, PRIMARY, s, c, head)
-        self.aux_encoder = VAEEncoder(a_cnn, AUXILIARY, s, c, head)
+        # --style-encoder own: each dataset's style latent reads a light CNN of its own, which
+        # only the reconstruction and the style KL train (the trunk learns what the classifier
+        # needs, and unlearns colour and texture on the way)
+        own = spec.style_encoder == "own"
+        p_style = Encoder(spec.primary_shape, style_layers(spec.primary_shape)) if own else None
+        a_style = Encoder(spec.auxiliary_shape, style_layers(spec.auxiliary_shape)) if own else None
+        self.primary_encoder = VAEEncoder(p_cnn, PRIMARY, s, c, head, p_style)
+        self.aux_encoder = VAEEncoder(a_cnn, AUXILIARY, s, c, head, a_style)
         self.primary_decoder = Decoder(self.primary_encoder.cnn, s + c)
         self.aux_decoder = Decoder(self.aux_encoder.cnn, s + c)
         self.classifier = Classifier(c, spec.hidden_dim, spec.num_classes, spec.dropout)
+        # --style-adversary-weight: a classifier of the style latents (it learns to find the
+        # class in z_s; the encoders learn to leave it guessing: objective.py)
+        self.style_critic = (
+            Classifier(s, CRITIC_WIDTH, spec.num_classes, 0.0) if spec.style_critic else None
+        )
 
     def encoder(self, role: str) -> VAEEncoder:
         return self.primary_encoder if role == PRIMARY else self.aux_encoder
@@ -179,18 +206,29 @@ class JADE(RoleModel):
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
         zp_s, zp_c = reparameterize(qp.mu_s, qp.logvar_s), reparameterize(qp.mu_c, qp.logvar_c)
+        # the decoders' content: the samples, or (--decoder-content mean) the posterior means
+        da_c, dp_c = (qa.mu_c, qp.mu_c) if self.spec.decoder_content == "mean" else (za_c, zp_c)
         means: tuple[torch.Tensor | None, ...] = (None, None)
         if mean_logits:  # the classifier also sees the codes it predicts from
             means = self.classifier(torch.cat([qa.mu_c, qp.mu_c])).chunk(2)
+        learn = judge = None
+        if self.style_critic is not None:  # what the decoders get as style, class hidden
+            z_s = torch.cat([za_s, zp_s])  # (2B, style_dim)
+            # the critic learns from detached codes; the encoders are judged by a frozen copy
+            learn = self.style_critic(z_s.detach())  # (2B, K)
+            frozen = {k: v.detach() for k, v in self.style_critic.named_parameters()}
+            judge = torch.func.functional_call(self.style_critic, frozen, (z_s,))  # (2B, K)
         return JADEOutput(
             q_aux=qa,
             q_primary=qp,
-            recon_aux=self.aux_decoder(torch.cat([za_s, za_c], 1)),  # decoder sees [z_s, z_c]
-            recon_primary=self.primary_decoder(torch.cat([zp_s, zp_c], 1)),
+            recon_aux=self.aux_decoder(torch.cat([za_s, da_c], 1)),  # decoder sees [z_s, z_c]
+            recon_primary=self.primary_decoder(torch.cat([zp_s, dp_c], 1)),
             logits_aux=self.classifier(za_c),  # only content reaches the classifier
             logits_primary=self.classifier(zp_c),
             mean_logits_aux=means[0],
             mean_logits_primary=means[1],
+            critic_logits=learn,
+            judged_logits=judge,
         )
 
     def forward_train(
@@ -218,6 +256,7 @@ class JADE(RoleModel):
         logits = self.classifier(q.mu_c)
         z_s = reparameterize(q.mu_s, q.logvar_s, generator)
         z_c = reparameterize(q.mu_c, q.logvar_c, generator)
+        z_c = q.mu_c if self.spec.decoder_content == "mean" else z_c
         recon = self.decoder(role)(torch.cat([z_s, z_c], 1)).float()  # (B, C, H, W)
         return TestOutput(logits, q, recon)
 

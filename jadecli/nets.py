@@ -74,6 +74,12 @@ def shared_layers(shape: tuple[int, int, int]) -> Layers:
     return ((STEM_FILTERS, STRIDE),) * stem + body
 
 
+def style_layers(shape: tuple[int, int, int]) -> Layers:
+    """The conv stack of a JADE style encoder (`--style-encoder own`): the shared trunk's plan
+    for this size at half its widths (16-32-64 at digit sizes, 8-filter stride-2 stems)."""
+    return tuple((None if f is None else f // 2, p) for f, p in shared_layers(shape))
+
+
 def paper_layers(shape: tuple[int, int, int], layers: Layers) -> Layers:
     """The paper's CNN, plus pools alone at its end until the map is <= 4x4 (none at the
     digit sizes the paper used, so those models are exactly the paper's)."""

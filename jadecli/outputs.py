@@ -45,6 +45,10 @@ class JADEOutput(StepOutput):
     recon_primary: torch.Tensor  # (B, C_p, H_p, W_p) logits
     mean_logits_aux: torch.Tensor | None = None  # (B, K) from mu_c, when the objective asks
     mean_logits_primary: torch.Tensor | None = None
+    # the style critic's logits of [z_s^A; z_s^P] (2B, K): its own (from detached codes), and
+    # those of a frozen copy of it (through which the encoders learn to hide the class)
+    critic_logits: torch.Tensor | None = None
+    judged_logits: torch.Tensor | None = None
 
 
 @dataclass

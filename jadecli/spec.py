@@ -37,6 +37,9 @@ class ModelSpec:
     hidden_dim: int
     dropout: float
     batch_norm: str = "shared"  # shared | per-dataset (statistics of one trunk)
+    style_encoder: str = "trunk"  # jade: own (a style CNN per dataset) | trunk (the trunk's)
+    style_critic: bool = False  # jade: a classifier reading z_s, behind a gradient reversal
+    decoder_content: str = "sample"  # jade: what decoders get as content: sample | mean
 
     @property
     def generative(self) -> bool:
@@ -77,4 +80,7 @@ class ModelSpec:
             hidden_dim=int(data["hidden_dim"]),
             dropout=float(data["dropout"]),
             batch_norm=str(data["batch_norm"]),
+            style_encoder=str(data["style_encoder"]),
+            style_critic=bool(data["style_critic"]),
+            decoder_content=str(data["decoder_content"]),
         )

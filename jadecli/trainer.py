@@ -31,8 +31,9 @@ from jadecli.data.pair import TrainData
 from jadecli.data.sampling import derive_seed
 from jadecli.distributed import Dist, all_sum, average_buffers, scaled
 from jadecli.errors import UsageError
+from jadecli.generative import decoder_metrics
 from jadecli.metrics import EpochMeter, FiniteCheck
-from jadecli.model import RoleModel, build_model
+from jadecli.model import JADE, RoleModel, build_model
 from jadecli.nets import ResNetTrunk
 from jadecli.objective import Objective
 from jadecli.optim import EMA, lr_at, make_optimizer, set_lr
@@ -237,6 +238,10 @@ def model_spec(cfg: TrainConfig, data: TrainData) -> ModelSpec:
         hidden_dim=cfg.hidden_dim,
         dropout=cfg.dropout,
         batch_norm=cfg.batch_norm,
+        # JADE's own options (the config refuses them where they would do nothing)
+        style_encoder=cfg.style_encoder,
+        style_critic=cfg.model == "jade" and cfg.style_adversary_weight > 0,
+        decoder_content=cfg.decoder_content,
     )
 
 
@@ -303,7 +308,8 @@ def evaluate_test(
     precision: str,
     dist: Dist | None = None,
 ) -> dict[str, float | None]:
-    """Test accuracy of both datasets (the auxiliary's None without one)."""
+    """Test accuracy of both datasets (the auxiliary's None without one) and, for JADE, how
+    well its decoders keep class and content (`jadecli.generative.decoder_metrics`)."""
     test = data.primary.test
     out: dict[str, float | None] = {
         "test_acc_primary": accuracy(
@@ -316,4 +322,7 @@ def evaluate_test(
         out["test_acc_aux"] = accuracy(
             model, AUXILIARY, at.images, at.labels, device, precision, dist
         )
+        if isinstance(model, JADE):  # 64 images and 2,048 swaps: every rank alike, no sharding
+            with autocast(device, precision):
+                out.update(decoder_metrics(model, test, at, device))
     return out

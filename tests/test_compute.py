@@ -125,13 +125,15 @@ def test_a_bf16_forward_pass_is_bf16_and_within_its_rounding_of_fp32(synth_dir, 
 
 @pytest.mark.slow
 def test_precision_is_recorded_and_evaluate_repeats_training(runner, tmp_path):
-    # MNIST-format files (500 test images) keep emulated bf16 affordable on CPUs without it
+    # MNIST-format files (500 test images) and a paired model (no decoders) keep emulated bf16
+    # affordable on CPUs without it
     data = make_mnist(tmp_path / "data", n_train=300, n_test=500)
     for precision in ("fp32", "auto", "bf16"):
         out = tmp_path / precision
         args = [
             "train",
             *("--primary", "mnist", "--auxiliary", "mnist", "--n-labeled", "100"),
+            *("--model", "paired"),
             *("--data-dir", str(data), "--out", str(out), "--precision", precision),
             *TINY,
             *("--epochs", "1", "--epoch-size", "100"),

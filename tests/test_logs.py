@@ -102,6 +102,9 @@ def test_both_logs_hold_every_epoch_and_a_resume_continues_them(
     assert {"loss/total", "loss/kl_match", "optim/lr", "speed/examples_per_s"} <= set(scalars)
     assert sorted(scalars["loss/total"]) == [1, 2]
     assert sorted(scalars["accuracy/test_acc_primary"]) == [2]
+    # JADE's decoders, scored where the test split was evaluated (jadecli.generative)
+    assert sorted(scalars["decoders/class_kept_primary"]) == [2]
+    assert sorted(scalars["decoders/swap_kept_aux_to_primary"]) == [2]
     (image,) = acc.Images("reconstructions")
     png = out / "logs" / "reconstructions" / "epoch-0002.png"
     assert image.step == 2 and (image.width, image.height) == Image.open(png).size

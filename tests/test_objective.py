@@ -47,7 +47,16 @@ def spec(kind: str, arch: str = "paper", **shapes) -> ModelSpec:
 
 
 # distinct weights, so that a term given another term's weight is caught
-WEIGHTS = dict(recon=0.7, kl=1.3, match=2.9, separation=0.11, aux_ce=0.37, primary_ce=5.0)
+WEIGHTS = dict(
+    recon=0.7,
+    kl=1.3,
+    style_kl=0.23,
+    match=2.9,
+    separation=0.11,
+    style_adversary=0.19,
+    aux_ce=0.37,
+    primary_ce=5.0,
+)
 WEIGHT_FIELDS = {f"{name}_weight": value for name, value in WEIGHTS.items()}  # TrainConfig's
 
 
@@ -90,6 +99,9 @@ def hand_built_batch(seed: int = 0) -> dict:
         "x_aux": torch.tensor(rng.uniform(size=(B, *AUX_SHAPE)), dtype=torch.float32),
         "x_primary": torch.tensor(rng.uniform(size=(B, *PRIMARY_SHAPE)), dtype=torch.float32),
         "y": torch.tensor([0, 3, 1]),
+        # the style critic's logits of [z_s^A; z_s^P] (2B, K): its own and its frozen copy's
+        "critic_logits": leaf(rng, 2 * B, K, scale=2),
+        "judged_logits": leaf(rng, 2 * B, K, scale=2),
     }
 
 
@@ -152,7 +164,16 @@ def reference_terms(b: dict) -> dict[str, float]:
         "separation": separation(qa.mu_c, qp.mu_c, b["y"]),
         "ce_aux": ce(b["logits_aux"], b["y"]),
         "ce_primary": ce(b["logits_primary"], b["y"]),
+        "style_critic": ce(b["critic_logits"], b["y"].repeat(2)),
+        # cross-entropy to the uniform distribution: -log p averaged over rows and classes
+        "style_confusion": float(
+            -np.mean(f64(b["judged_logits"]) - logsumexp(f64(b["judged_logits"])))
+        ),
     }
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    return np.log(np.sum(np.exp(z), axis=1, keepdims=True))
 
 
 def expected_weights(
@@ -166,13 +187,15 @@ def expected_weights(
     every = {
         "recon_aux": w["recon"] * a,
         "recon_primary": w["recon"] * p,
-        "kl_style_aux": w["kl"] * s,
+        "kl_style_aux": w["style_kl"] * s,
         "kl_content_aux": w["kl"] * c,
-        "kl_style_primary": w["kl"] * s,
+        "kl_style_primary": w["style_kl"] * s,
         "kl_match": w["match"] * c,
         "separation": w["separation"],
         "ce_aux": w["aux_ce"],
         "ce_primary": w["primary_ce"],
+        "style_critic": w["style_adversary"],
+        "style_confusion": w["style_adversary"],
     }
     return {name: every[name] for name in TERMS[kind]}
 
@@ -191,6 +214,8 @@ def step_output(kind: str, b: dict) -> StepOutput:
             q_primary=b["q_primary"],
             recon_aux=b["recon_aux"],
             recon_primary=b["recon_primary"],
+            critic_logits=b.get("critic_logits"),
+            judged_logits=b.get("judged_logits"),
         )
     return StepOutput(b["logits_primary"], None if kind == "single" else b["logits_aux"])
 
@@ -355,6 +380,8 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         recon_primary=leaf(rng, B, 3, 32, 32),
         logits_aux=leaf(rng, B, 10),
         logits_primary=leaf(rng, B, 10),
+        critic_logits=leaf(rng, 2 * B, 10),
+        judged_logits=leaf(rng, 2 * B, 10),
     )
     total, terms = trainer.objective(step_output("jade", b), x_aux, x_primary, y)
     reference = reference_terms(b)
@@ -378,7 +405,8 @@ def test_a_term_at_weight_0_is_not_computed_nor_listed(monkeypatch):
     assert "separation" not in objective.terms
     b = hand_built_batch()
     _, terms = objective(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
-    assert set(terms) == set(TERMS["jade"]) - {"separation"}
+    # nor are the style critic's (--style-adversary-weight 0 by default)
+    assert set(terms) == set(TERMS["jade"]) - {"separation", "style_critic", "style_confusion"}
     paired = objective_for("paired", aux_ce_weight=0.0)
     assert paired.terms == ("ce_primary",)
 

@@ -183,6 +183,10 @@ MANIFEST = {
     "final_metrics.primary_train_accuracy": "float",
     "final_metrics.primary_val_accuracy": "NoneType",  # a float with --val
     "final_metrics.loss": "float",
+    "final_metrics.class_kept_primary": "float",  # JADE: its decoders (jadecli.generative)
+    "final_metrics.class_kept_aux": "float",
+    "final_metrics.swap_kept_aux_to_primary": "float",
+    "final_metrics.swap_kept_primary_to_aux": "float",
     "final_metrics.selection": "str",
     "final_metrics.selected_epoch": "int",
     "checkpoints.last": "str",

@@ -52,7 +52,8 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
     out = model.forward_train(x_aux, x_p)
     assert out.recon_primary.shape == out.recon_aux.shape == (4, 3, size, size)
     terms = jade_terms(out, x_aux, x_p, y)
-    assert tuple(terms) == TERMS["jade"]
+    critic = ("style_critic", "style_confusion")  # this model has no style critic
+    assert tuple(terms) == tuple(t for t in TERMS["jade"] if t not in critic)
     pixels = 3 * size * size
     for name, value in terms.items():  # cross-entropies are per image, the rest per pixel
         per = float(value.detach()) / (1 if name.startswith("ce_") else pixels)

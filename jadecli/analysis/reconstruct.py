@@ -37,7 +37,7 @@ from jadecli.analysis.common import (
 from jadecli.compute import to_input
 from jadecli.config import ConfigError, ReconstructConfig
 from jadecli.data.core import ImageSet
-from jadecli.data.sampling import derive_seed
+from jadecli.generative import SWAPS, Picked, classify, pick, reconstructions, swap_scores, swaps
 from jadecli.model import JADE
 from jadecli.objective import reconstruction_bce
 from jadecli.plots import to_display
@@ -83,16 +83,6 @@ class ReconstructResult:
     files: list[Path]
 
 
-@dataclass
-class Picked:
-    role: str
-    part: ImageSet  # the chosen images
-    index: torch.Tensor  # their positions in the split
-    x: torch.Tensor  # (n, C, H, W) float in [0, 1] on the device
-    mu_s: torch.Tensor
-    mu_c: torch.Tensor
-
-
 def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult:
     dims: list[tuple[str, int]] = []
 
@@ -109,7 +99,8 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
         part = loaded.images(role, cfg.split)
         if part is None:
             raise ConfigError("split", f"{cfg.split}: the {role} dataset has no such images")
-        picked[role] = _pick(loaded, role, part, cfg.n, cfg.seed)
+        with loaded.autocast():
+            picked[role] = pick(model, role, part, cfg.n, cfg.seed, loaded.device)
 
     out = output_dir(loaded, "reconstruct", cfg.split, suffix=f"-seed{cfg.seed}")
     files: list[Path] = []
@@ -137,43 +128,6 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
 # --------------------------------------------------------------------------- helpers
 
 
-@torch.inference_mode()
-def _decode(model: JADE, role: str, z_s: torch.Tensor, z_c: torch.Tensor) -> torch.Tensor:
-    return model.decode(role, z_s, z_c)  # (B, C, H, W) in [0, 1]
-
-
-@torch.inference_mode()
-def _classify(model: JADE, role: str, x: torch.Tensor) -> torch.Tensor:
-    """The run's own prediction for images of `role`'s kind (posterior mean -> classifier)."""
-    return model.classify(role, x).argmax(1).cpu()
-
-
-@torch.inference_mode()
-def _pick(loaded: LoadedRun, role: str, part: ImageSet, n: int, seed: int) -> Picked:
-    """n images, one class after another (0, 1, 2, ...), each chosen at random within its class."""
-    gen = torch.Generator().manual_seed(derive_seed(seed, "reconstruct", role))
-    pools = []
-    for c in range(loaded.spec.num_classes):
-        members = torch.nonzero(part.labels == c).flatten()
-        if len(members):
-            pools.append(members[torch.randperm(len(members), generator=gen)])
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < n and any(depth < len(p) for p in pools):
-        for p in pools:
-            if depth < len(p) and len(chosen) < n:
-                chosen.append(int(p[depth]))
-        depth += 1
-    index = torch.tensor(chosen, dtype=torch.long)
-    sub = part.subset(index)
-    x = to_input(sub.images, loaded.device)
-    model = loaded.model
-    assert isinstance(model, JADE)
-    with loaded.autocast():
-        q = model.encoder(role)(x).float()
-    return Picked(role, sub, index, x, q.mu_s, q.mu_c)
-
-
 def _name(loaded: LoadedRun, role: str, label: int) -> str:
     return loaded.datasets[role].classes[int(label)]
 
@@ -189,11 +143,11 @@ def _reconstructions(
     rows, labels, csv_rows = [], [], []
     summary["reconstruction"] = {}
     for role, p in picked.items():
-        recon = _decode(model, role, p.mu_s, p.mu_c)  # from the posterior means
+        recon, pred_r = reconstructions(model, p)  # decoded from the posterior means
         with torch.inference_mode():
             bce = reconstruction_bce(torch.logit(recon.clamp(1e-6, 1 - 1e-6)), p.x).cpu()
             mse = (recon - p.x).pow(2).flatten(1).mean(1).cpu()
-        pred_x, pred_r = _classify(model, role, p.x), _classify(model, role, recon)
+        pred_x = p.predicted  # the model's class of each original
         rows += [to_display(p.x, size), to_display(recon, size)]
         name = loaded.datasets[role].name
         labels += [f"{role} ({name})", "reconstruction"]
@@ -213,6 +167,7 @@ def _reconstructions(
             "mean_bce": float(bce.mean()),
             "mean_mse": float(mse.mean()),
             "class_kept": float((pred_r == p.part.labels).double().mean()),
+            "prediction_kept": float((pred_r == p.predicted).double().mean()),
         }
     n = min(len(p.index) for p in picked.values())
     grid = np.stack([r[:n] for r in rows])  # (4, n, H, W, 3)
@@ -248,15 +203,6 @@ def _column_labels(loaded: LoadedRun, picked: dict[str, Picked], n: int) -> list
     return out
 
 
-SWAPS = (
-    # (grid name, content from, style from, decoder)
-    ("primary", "primary", "primary", "primary"),
-    ("auxiliary", "auxiliary", "auxiliary", "auxiliary"),
-    ("auxiliary_content_in_primary_style", "auxiliary", "primary", "primary"),
-    ("primary_content_in_auxiliary_style", "primary", "auxiliary", "auxiliary"),
-)
-
-
 def _swaps(
     out: Path, loaded: LoadedRun, picked: dict[str, Picked], summary: dict[str, Any]
 ) -> list[Path]:
@@ -268,18 +214,19 @@ def _swaps(
     for swap in SWAPS:
         name, c_role, s_role, d_role = swap
         content, style = picked[c_role], picked[s_role]
-        images, pred = _decode_swaps(model, d_role, content, style)  # (ns * nc, ...), (ns, nc)
+        images, pred = swaps(model, d_role, content, style)  # (ns * nc, ...), (ns, nc)
         c_names = [_name(loaded, c_role, y) for y in content.part.labels]
         s_names = [_name(loaded, s_role, y) for y in style.part.labels]
         files.append(_plot_swaps(out, loaded, swap, content, style, images, c_names, s_names))
         p_names = [[_name(loaded, d_role, y) for y in row] for row in pred]  # (ns, nc)
         csv_rows += _swap_rows(name, content, style, c_names, s_names, p_names)
-        kept, style_class = _swap_scores(c_names, s_names, p_names)
+        kept, style_class = swap_scores(content.part.labels, style.part.labels, pred)
         summary["swaps"][name] = {
             "content_from": c_role,
             "style_from": s_role,
             "decoder": d_role,
             "content_kept": kept,
+            "content_prediction_kept": swap_scores(content.predicted, style.predicted, pred)[0],
             "style_class": style_class,
         }
     csv_path = out / "swaps.csv"
@@ -298,18 +245,6 @@ def _swaps(
     )
     files.append(csv_path)
     return files
-
-
-def _decode_swaps(
-    model: JADE, d_role: str, content: Picked, style: Picked
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (style i, content j) combination decoded in one batch, row-major over (i, j):
-    the images (ns * nc, C, H, W) and the run's own class of each (ns, nc)."""
-    nc, ns = len(content.index), len(style.index)
-    z_s = style.mu_s.repeat_interleave(nc, 0)  # (ns * nc, dim)
-    z_c = content.mu_c.repeat(ns, 1)
-    images = _decode(model, d_role, z_s, z_c)  # (ns * nc, C, H, W)
-    return images, _classify(model, d_role, images).view(ns, nc)
 
 
 def _plot_swaps(
@@ -378,21 +313,6 @@ def _swap_rows(
     return rows
 
 
-def _swap_scores(
-    c_names: list[str], s_names: list[str], p_names: list[list[str]]
-) -> tuple[float, float | None]:
-    """How often a swap keeps the content image's class, and how often it takes the style
-    image's instead (counted where the two differ; None when they never do)."""
-    kept, leak, leak_n = 0, 0, 0
-    for i, s_name in enumerate(s_names):
-        for j, c_name in enumerate(c_names):
-            kept += p_names[i][j] == c_name
-            if s_name != c_name:
-                leak_n += 1
-                leak += p_names[i][j] == s_name
-    return kept / (len(s_names) * len(c_names)), (leak / leak_n if leak_n else None)
-
-
 @torch.inference_mode()
 def _traverse(
     out: Path,
@@ -411,9 +331,9 @@ def _traverse(
     std = _spread(loaded, model, role, spread_part)  # group -> (dim,)
     offsets = torch.linspace(-cfg.traverse_range, cfg.traverse_range, cfg.traverse_steps)
     z_s, z_c, values = _traversal_latents(p, dims, offsets, std)
-    images = _decode(model, role, z_s, z_c)  # (dims * steps, C, H, W)
-    pred = _classify(model, role, images).view(len(dims), len(offsets))
-    base_pred = int(_classify(model, role, p.x[:1])[0])
+    images = model.decode(role, z_s, z_c)  # (dims * steps, C, H, W)
+    pred = classify(model, role, images).view(len(dims), len(offsets))
+    base_pred = int(classify(model, role, p.x[:1])[0])
     shape = loaded.datasets[role].image_shape
     size = (shape[1], shape[2])
     cells = to_display(images, size).reshape(len(dims), len(offsets), *size, 3)

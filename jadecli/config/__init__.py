@@ -29,6 +29,7 @@ from jadecli.config.commands import (
     SummarizeConfig,
 )
 from jadecli.config.options import (
+    DATASETS,
     RUN,
     ConfigError,
     Range,
@@ -50,7 +51,6 @@ from jadecli.config.resolve import (
     resolve_train_config,
 )
 from jadecli.config.train import (
-    DATASETS,
     MODELS,
     RESUME_OVERRIDABLE,
     TrainConfig,

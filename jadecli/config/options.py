@@ -14,9 +14,11 @@ function). Everything else is derived from that declaration:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from jadecli.errors import UsageError
@@ -248,3 +250,61 @@ def device_problem(dev: str) -> str | None:
     if dev in ("auto", "cpu", "cuda", "mps") or (prefix == "cuda" and index.isdigit()):
         return None
     return f"must be auto, cpu, cuda, cuda:N or mps (got {dev!r})"
+
+
+# ------------------------------------------------------------- checks of `jade train`'s own options
+
+# The datasets `--primary`/`--auxiliary` know by name (jadecli.data.registry loads them).
+DATASETS = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", "synth-street", "synth-hand")
+
+
+def dataset_problem(name: str) -> str | None:
+    """`--primary`/`--auxiliary`: a known name or folder:PATH, checked before anything loads."""
+    if name.startswith("folder:"):
+        return None if name[len("folder:") :].strip() else "folder: needs a path, e.g. folder:scans"
+    if name in DATASETS or not name:
+        return None
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    if not close and Path(name).expanduser().is_dir():
+        hint = f"; for a folder of your own images write folder:{name}"
+    return f"must be one of {', '.join(DATASETS)} or folder:PATH (got {name!r}){hint}"
+
+
+def parse_val(text: str) -> int | float:
+    """`--val`: `20` -> 20 images, `0.2` or `20%` -> the fraction 0.2."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return float(value[:-1]) / 100
+        number = float(value)
+    except ValueError:
+        raise ConfigError(
+            "val", f"must be a number of images (20) or a fraction (0.2 or 20%) (got {text!r})"
+        ) from None
+    return int(number) if number.is_integer() else number
+
+
+LOGGERS = ("tensorboard", "mlflow")  # `--log`: experiment logs (jadecli.logs)
+
+
+def parse_log(text: str) -> str:
+    """`--log`: `tensorboard`, `mlflow`, both (`tensorboard,mlflow`, or the flag twice), or
+    `none` -> the same, canonical (no spaces, no repeats, in the order given)."""
+    names = [n.strip().lower() for n in text.split(",")]
+    if names == ["none"]:
+        return "none"
+    if not all(n in LOGGERS for n in names):
+        raise ConfigError(
+            "log",
+            f"must be tensorboard, mlflow, both (tensorboard,mlflow) or none (got {text!r})",
+        )
+    return ",".join(dict.fromkeys(names))
+
+
+def val_problem(value: int | float) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 1 else f"must be at least 1 image, or a fraction (got {value})"
+    if 0 < value < 1:
+        return None
+    return f"must be a whole number of images or a fraction in (0, 1) (got {value})"

@@ -11,9 +11,7 @@ n_labeled=100, auxiliary='synth-hand'))"
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from jadecli.config.options import (
@@ -30,10 +28,14 @@ from jadecli.config.options import (
     ConfigError,
     Range,
     check_fields,
+    dataset_problem,
     device_problem,
     field_names,
     flag,
     opt,
+    parse_log,
+    parse_val,
+    val_problem,
 )
 from jadecli.errors import UsageError
 
@@ -43,17 +45,17 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 LABELED_SELECTIONS = ("random", "first")
 ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
 BATCH_NORMS = ("shared", "per-dataset")
+STYLE_ENCODERS = ("own", "trunk")
+DECODER_CONTENTS = ("mean", "sample")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("mean", "sum")
 SELECTIONS = ("last", "best-val")
-# The datasets `--primary`/`--auxiliary` know by name (jadecli.data.registry loads them).
-DATASETS = ("mnist", "fashion-mnist", "svhn", "usps", "mnist-m", "synth-street", "synth-hand")
 # Options only JADE uses (paired and single have no VAE), and options of the auxiliary dataset,
 # which a single classifier does not train on: one command line may compare the three models,
 # so those only get a warning (`unused_auxiliary_options`).
 JADE_ONLY = (
-    "style_dim", "loss_scale", "recon_weight", "kl_weight", "match_weight", "ce_on_mean",
-    "separation_weight",
+    "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
+    "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
 )  # fmt: skip
 AUXILIARY_ONLY = (
     "auxiliary", "aux_per_class", "auxiliary_size", "auxiliary_pad", "style_mix", "aux_ce_weight"
@@ -65,58 +67,6 @@ RESUME_OVERRIDABLE = frozenset(
     {"epochs", "device", "precision", "compile", "data_dir", "download", "eval_every", "test"}
     | {"memory_budget", "log"}  # experiment logs are views of the run, not part of what it computes
 )
-
-
-def dataset_problem(name: str) -> str | None:
-    """`--primary`/`--auxiliary`: a known name or folder:PATH, checked before anything loads."""
-    if name.startswith("folder:"):
-        return None if name[len("folder:") :].strip() else "folder: needs a path, e.g. folder:scans"
-    if name in DATASETS or not name:
-        return None
-    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    if not close and Path(name).expanduser().is_dir():
-        hint = f"; for a folder of your own images write folder:{name}"
-    return f"must be one of {', '.join(DATASETS)} or folder:PATH (got {name!r}){hint}"
-
-
-def parse_val(text: str) -> int | float:
-    """`--val`: `20` -> 20 images, `0.2` or `20%` -> the fraction 0.2."""
-    value = text.strip()
-    try:
-        if value.endswith("%"):
-            return float(value[:-1]) / 100
-        number = float(value)
-    except ValueError:
-        raise ConfigError(
-            "val", f"must be a number of images (20) or a fraction (0.2 or 20%) (got {text!r})"
-        ) from None
-    return int(number) if number.is_integer() else number
-
-
-LOGGERS = ("tensorboard", "mlflow")  # `--log`: experiment logs (jadecli.logs)
-
-
-def parse_log(text: str) -> str:
-    """`--log`: `tensorboard`, `mlflow`, both (`tensorboard,mlflow`, or the flag twice), or
-    `none` -> the same, canonical (no spaces, no repeats, in the order given)."""
-    names = [n.strip().lower() for n in text.split(",")]
-    if names == ["none"]:
-        return "none"
-    if not all(n in LOGGERS for n in names):
-        raise ConfigError(
-            "log",
-            f"must be tensorboard, mlflow, both (tensorboard,mlflow) or none (got {text!r})",
-        )
-    return ",".join(dict.fromkeys(names))
-
-
-def _val_problem(value: int | float) -> str | None:
-    if isinstance(value, int):
-        return None if value >= 1 else f"must be at least 1 image, or a fraction (got {value})"
-    if 0 < value < 1:
-        return None
-    return f"must be a whole number of images or a fraction in (0, 1) (got {value})"
 
 
 @dataclass
@@ -163,7 +113,7 @@ class TrainConfig:
         group=DATA,
         metavar="N|FRACTION",
         parse=parse_val,
-        check=_val_problem,
+        check=val_problem,
     )
     select: str = opt(
         "last",
@@ -278,6 +228,25 @@ class TrainConfig:
         group=MODEL,
         range=POSITIVE,
     )
+    style_encoder: str = opt(
+        "trunk",
+        "jade, one-trunk arches: where each VAE's style latent reads the image. trunk: the "
+        "trunk's features, like the content latent; own: a light conv stack per dataset (half "
+        "the trunk's widths, no BatchNorm) that only the reconstruction and the style KL train, "
+        "so style can keep what the classifier's trunk learns to ignore. --arch paper has one "
+        "CNN per dataset and always reads it.",
+        group=MODEL,
+        metavar="own|trunk",
+        choices=STYLE_ENCODERS,
+    )
+    decoder_content: str = opt(
+        "sample",
+        "jade: what a decoder gets as content while training: sample (z_c ~ q(z_c | x), as in "
+        "the paper) or mean (the posterior mean, the code the classifier predicts from).",
+        group=MODEL,
+        metavar="mean|sample",
+        choices=DECODER_CONTENTS,
+    )
     hidden_dim: int = opt(
         500, "Width of the shared classifier's three hidden layers.", group=MODEL, range=POSITIVE
     )
@@ -350,6 +319,12 @@ class TrainConfig:
         group=OBJ,
         range=NON_NEGATIVE,
     )
+    style_kl_weight: float | None = opt(
+        None,
+        "Weight of the style KL terms of both VAEs, per style dimension. Default: --kl-weight.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
     match_weight: float = opt(
         0.3,
         "Weight of KL(q(z_c | primary) || q(z_c | paired auxiliary)), the content matching, per "
@@ -369,6 +344,15 @@ class TrainConfig:
         "jade: weight of a class-separation term (as in CCSA and d-SNE): content means of "
         "different-class auxiliary/primary pairs in a batch are pushed at least sqrt(2 x "
         "--content-dim) apart (squared hinge, per content dimension). 0: off, as in the paper.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    style_adversary_weight: float = opt(
+        0.0,
+        "jade: weight of a style critic: a small classifier learns to read the class from the "
+        "style latents of both datasets, and the encoders learn to make it guess uniformly (its "
+        "cross-entropy to the uniform distribution), so the class is left out of style and the "
+        "decoders must take it from content. 0: off.",
         group=OBJ,
         range=NON_NEGATIVE,
     )
@@ -542,6 +526,7 @@ class TrainConfig:
             idle.append(("batch_norm", "--model single, which trains one dataset"))
         elif self.arch == "paper":
             idle.append(("batch_norm", "--arch paper, whose two CNNs have no BatchNorm"))
+            idle.append(("style_encoder", "--arch paper, whose two CNNs each feed both heads"))
         if self.augment == "none":
             idle += [(n, "--augment none") for n in AUGMENT_FIELDS]
         if self.n_labeled == "all":

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from jadecli.config.train import DATASETS
+from jadecli.config.options import DATASETS
 from jadecli.data.core import DIGITS, Dataset, ImageSet
 from jadecli.data.folder import load_image_folder
 from jadecli.data.memory import MemoryBudget

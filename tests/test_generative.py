@@ -1,0 +1,137 @@
+"""JADE's generative half: the style encoders, the decoder scores `jade train` records and
+`jade reconstruct` prints, and runs written before the style encoders existed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from jadecli.cli import app
+from jadecli.generative import balanced_sample, swap_scores
+from jadecli.metrics import DECODER_COLUMNS
+from jadecli.model import build_model
+from jadecli.objective import jade_terms
+from jadecli.spec import ModelSpec
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _spec(style_encoder: str, shape=(3, 32, 32)) -> ModelSpec:
+    return ModelSpec("jade", "shared", shape, shape, 10, 4, 4, 16, 0.0, style_encoder=style_encoder)
+
+
+def test_own_style_encoders_learn_from_the_images_only():
+    """With --style-encoder own, the classifier's cross-entropies never reach the style CNNs
+    (they learn from reconstruction and KL alone), and the content path is the trunk's."""
+    torch.manual_seed(0)
+    model = build_model(_spec("own"))
+    x_a, x_p, y = torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.arange(6) % 10
+    out = model.forward_train(x_a, x_p)
+    terms = jade_terms(out, x_a, x_p, y, ("ce_aux", "ce_primary", "recon_primary"))
+    (terms["ce_aux"] + terms["ce_primary"]).backward(retain_graph=True)
+    for enc in (model.primary_encoder, model.aux_encoder):
+        assert enc.style_cnn is not None
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in enc.style_cnn.parameters())
+    assert model.primary_encoder.style_cnn is not model.aux_encoder.style_cnn
+    model.zero_grad()
+    terms["recon_primary"].backward()
+    grads = [p.grad for p in model.primary_encoder.style_cnn.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 28, 28), (3, 64, 64), (1, 100, 60)])
+def test_style_encoders_fit_every_image_size(shape):
+    model = build_model(_spec("own", shape))
+    out = model.forward_train(torch.rand(2, *shape), torch.rand(2, *shape))
+    assert out.recon_primary.shape == (2, *shape)
+    assert out.q_primary.mu_s.shape == (2, 4)
+
+
+def test_balanced_sample_and_swap_scores():
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 0])
+    index = balanced_sample(labels, 5, 3, seed=0, role="primary")
+    assert labels[index].tolist() == [0, 1, 2, 0, 1]
+    assert len(set(index.tolist())) == 5
+    assert balanced_sample(labels, 5, 3, seed=0, role="primary").tolist() == index.tolist()
+    # 2 style rows x 3 content columns: kept where the prediction is the column's class
+    content, style = torch.tensor([0, 1, 2]), torch.tensor([1, 2])
+    predicted = torch.tensor([[0, 1, 1], [2, 1, 2]])
+    kept, leak = swap_scores(content, style, predicted)
+    assert kept == pytest.approx(4 / 6)
+    assert leak == pytest.approx(2 / 4)  # style and content differ in 4 cells; 2 took the style
+
+
+def test_training_records_what_reconstruct_prints(trained_runs, runner, tmp_path):
+    """A JADE run's metrics.csv and final metrics hold its decoders' scores on 16 test images
+    of each dataset: the very numbers `jade reconstruct --n 16` prints for that sample."""
+    run = tmp_path / "jade"
+    shutil.copytree(trained_runs["jade"], run)
+    manifest = yaml.safe_load((run / "manifest.yaml").read_text())
+    final = manifest["final_metrics"]
+    rows = read_csv(run / "metrics.csv")
+    for key in DECODER_COLUMNS:
+        assert 0 <= final[key] <= 1
+        assert float(rows[-1][key]) == pytest.approx(final[key], abs=1e-6)  # csv: 6 digits
+    r = runner.invoke(app, ["reconstruct", str(run), "--n", "16", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((run / "analysis" / "reconstruct-test-seed0" / "summary.json").read_text())
+    assert summary["reconstruction"]["primary"]["class_kept"] == final["class_kept_primary"]
+    assert summary["reconstruction"]["auxiliary"]["class_kept"] == final["class_kept_aux"]
+    swaps = summary["swaps"]
+    assert swaps["auxiliary_content_in_primary_style"]["content_kept"] == pytest.approx(
+        final["swap_kept_aux_to_primary"]
+    )
+    assert swaps["primary_content_in_auxiliary_style"]["content_kept"] == pytest.approx(
+        final["swap_kept_primary_to_aux"]
+    )
+    assert "class kept" in (trained_runs["jade"].parent / "jade-output.txt").read_text()
+    paired = read_csv(trained_runs["paired"] / "metrics.csv")
+    assert not set(DECODER_COLUMNS) & set(paired[0])
+
+
+@pytest.mark.parametrize("content", ["mean", "sample"])
+def test_decoder_content_mean_keeps_content_noise_out_of_reconstructions(content):
+    spec = ModelSpec("jade", "shared", (3, 16, 16), (3, 16, 16), 10, 4, 4, 16, 0.0)
+    model = build_model(replace(spec, style_encoder="own", decoder_content=content))
+    x = torch.rand(4, 3, 16, 16)
+    out = model.forward_train(x, x)
+    recon = jade_terms(out, x, x, torch.arange(4), ("recon_primary",))["recon_primary"]
+    (grad,) = torch.autograd.grad(recon, out.q_primary.logvar_c, allow_unused=True)
+    noisy = grad is not None and grad.abs().sum() > 0
+    assert noisy == (content == "sample")
+
+
+def test_the_style_critic_learns_the_class_and_the_encoders_learn_to_hide_it():
+    """--style-adversary-weight: the critic's cross-entropy trains the critic alone; the
+    confusion term (cross-entropy to uniform through a frozen copy) trains the encoders alone,
+    and is smallest (log K) when the critic cannot tell the classes apart."""
+    spec = replace(_spec("own"), style_critic=True)
+    model = build_model(spec)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    out = model.forward_train(x, x)
+    terms = jade_terms(out, x, x, y, ("style_critic", "style_confusion"))
+    assert set(terms) == {"style_critic", "style_confusion"}
+    assert model.style_critic is not None
+    critic = list(model.style_critic.parameters())
+    style = list(model.primary_encoder.style_cnn.parameters())
+    g_critic = torch.autograd.grad(terms["style_critic"], critic + style, allow_unused=True)
+    assert all(g is not None for g in g_critic[: len(critic)])
+    assert all(g is None for g in g_critic[len(critic) :])
+    g_conf = torch.autograd.grad(terms["style_confusion"], critic + style, allow_unused=True)
+    assert all(g is None for g in g_conf[: len(critic)])
+    assert all(g is not None and g.abs().sum() > 0 for g in g_conf[len(critic) :])
+    uniform = torch.zeros(8, 10)
+    confusion = -torch.log_softmax(uniform, 1).mean()
+    assert confusion == pytest.approx(math.log(10))
+    assert terms["style_confusion"] >= confusion - 1e-6

@@ -30,6 +30,7 @@ import torch
 from jadecli.compute import to_input
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
+from jadecli.metrics import DECODER_COLUMNS
 from jadecli.model import JADE
 from jadecli.spec import AUXILIARY, PRIMARY
 
@@ -121,13 +122,18 @@ def swaps(
     return images, classify(model, decoder, images).view(ns, nc)
 
 
+def agreement(predicted: torch.Tensor, wanted: torch.Tensor) -> float:
+    """The share of predictions equal to the classes wanted (broadcast, on the CPU)."""
+    return (predicted == wanted.cpu()).double().mean().item()
+
+
 def swap_scores(
     content_labels: torch.Tensor, style_labels: torch.Tensor, predicted: torch.Tensor
 ) -> tuple[float, float | None]:
     """How often a swap keeps the content image's class, and how often it takes the style
     image's instead (counted where the two differ; None when they never do)."""
     c, s = content_labels.cpu()[None, :], style_labels.cpu()[:, None]  # (1, nc), (ns, 1)
-    kept = (predicted == c).double().mean().item()
+    kept = agreement(predicted, c)
     differ = (s != c).expand_as(predicted)
     leak = (predicted == s)[differ]
     return kept, (leak.double().mean().item() if len(leak) else None)
@@ -146,15 +152,13 @@ def decoder_metrics(
         role: pick(model, role, split, SAMPLE, SAMPLE_SEED, device)
         for role, split in ((PRIMARY, primary), (AUXILIARY, auxiliary))
     }
-    out: dict[str, float] = {}
-    for role, key in ((PRIMARY, "class_kept_primary"), (AUXILIARY, "class_kept_aux")):
+    scores = []  # in DECODER_COLUMNS' order
+    for role in (PRIMARY, AUXILIARY):  # class kept by each dataset's reconstructions
         _, predicted = reconstructions(model, picked[role])
-        out[key] = (predicted == picked[role].part.labels).double().mean().item()
-    for (_, c_role, s_role, d_role), key in zip(
-        CROSS_SWAPS, ("swap_kept_aux_to_primary", "swap_kept_primary_to_aux"), strict=True
-    ):
+        scores.append(agreement(predicted, picked[role].part.labels))
+    for _, c_role, s_role, d_role in CROSS_SWAPS:  # content kept: aux -> primary, the reverse
         content, style = picked[c_role], picked[s_role]
         _, predicted = swaps(model, d_role, content, style)
-        out[key] = swap_scores(content.part.labels, style.part.labels, predicted)[0]
+        scores.append(swap_scores(content.part.labels, style.part.labels, predicted)[0])
     model.train(was_training)
-    return out
+    return dict(zip(DECODER_COLUMNS, scores, strict=True))

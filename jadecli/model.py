@@ -256,6 +256,8 @@ class JADE(RoleModel):
         logits = self.classifier(q.mu_c)
         z_s = reparameterize(q.mu_s, q.logvar_s, generator)
         z_c = reparameterize(q.mu_c, q.logvar_c, generator)
+        # --decoder-content mean decodes the mean; z_c is drawn all the same, so the generator's
+        # later draws (and the ELBO of every other batch) do not depend on the option
         z_c = q.mu_c if self.spec.decoder_content == "mean" else z_c
         recon = self.decoder(role)(torch.cat([z_s, z_c], 1)).float()  # (B, C, H, W)
         return TestOutput(logits, q, recon)

@@ -59,6 +59,8 @@ from jadecli.config import TrainConfig
 from jadecli.outputs import JADEOutput, StepOutput, TestOutput
 from jadecli.spec import ModelSpec
 
+# The style critic's terms (--style-adversary-weight), computed only for a model that has one
+CRITIC_TERMS = ("style_critic", "style_confusion")
 # Every term of each model's objective, in the order of metrics.csv and divergence messages.
 TERMS = {
     "single": ("ce_primary",),
@@ -73,8 +75,7 @@ TERMS = {
         "separation",
         "ce_aux",
         "ce_primary",
-        "style_critic",
-        "style_confusion",
+        *CRITIC_TERMS,
     ),
 }
 
@@ -224,7 +225,7 @@ def jade_terms(
     }
     # the style critic's terms exist only for a model that has one
     critic = out.critic_logits is not None
-    wanted = [n for n in wanted if critic or n not in ("style_critic", "style_confusion")]
+    wanted = [n for n in wanted if critic or n not in CRITIC_TERMS]
     terms = {name: compute[name]() for name in TERMS["jade"] if name in wanted}
     # --ce-on-mean: each cross-entropy is the average of those on samples and on means
     for name, mean_logits in (

@@ -38,7 +38,7 @@ class ModelSpec:
     dropout: float
     batch_norm: str = "shared"  # shared | per-dataset (statistics of one trunk)
     style_encoder: str = "trunk"  # jade: own (a style CNN per dataset) | trunk (the trunk's)
-    style_critic: bool = False  # jade: a classifier reading z_s, behind a gradient reversal
+    style_critic: bool = False  # jade: a classifier of z_s the encoders learn to leave guessing
     decoder_content: str = "sample"  # jade: what decoders get as content: sample | mean
 
     @property

@@ -322,7 +322,7 @@ def evaluate_test(
         out["test_acc_aux"] = accuracy(
             model, AUXILIARY, at.images, at.labels, device, precision, dist
         )
-        if isinstance(model, JADE):  # 64 images and 2,048 swaps: every rank alike, no sharding
+        if isinstance(model, JADE):  # 2 x 16 images, 2 x 256 swaps: every rank alike, unsharded
             with autocast(device, precision):
                 out.update(decoder_metrics(model, test, at, device))
     return out

@@ -37,7 +37,16 @@ from jadecli.analysis.common import (
 from jadecli.compute import to_input
 from jadecli.config import ConfigError, ReconstructConfig
 from jadecli.data.core import ImageSet
-from jadecli.generative import SWAPS, Picked, classify, pick, reconstructions, swap_scores, swaps
+from jadecli.generative import (
+    SWAPS,
+    Picked,
+    agreement,
+    classify,
+    pick,
+    reconstructions,
+    swap_scores,
+    swaps,
+)
 from jadecli.model import JADE
 from jadecli.objective import reconstruction_bce
 from jadecli.plots import to_display
@@ -166,8 +175,8 @@ def _reconstructions(
         summary["reconstruction"][role] = {
             "mean_bce": float(bce.mean()),
             "mean_mse": float(mse.mean()),
-            "class_kept": float((pred_r == p.part.labels).double().mean()),
-            "prediction_kept": float((pred_r == p.predicted).double().mean()),
+            "class_kept": agreement(pred_r, p.part.labels),
+            "prediction_kept": agreement(pred_r, p.predicted),
         }
     n = min(len(p.index) for p in picked.values())
     grid = np.stack([r[:n] for r in rows])  # (4, n, H, W, 3)

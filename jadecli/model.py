@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from jadecli.augment import Augment, augment
 from jadecli.nets import (
     Classifier,
     Cnns,
@@ -75,6 +76,12 @@ def _squash(logvar: torch.Tensor) -> torch.Tensor:
     return LOGVAR_LIMIT * torch.tanh(logvar / LOGVAR_LIMIT)
 
 
+def _frozen(module: nn.Module, *args: object) -> torch.Tensor:
+    """`module(*args)` with its weights detached: gradients reach the inputs only."""
+    weights = {k: v.detach() for k, v in module.named_parameters()}
+    return torch.func.functional_call(module, weights, args)
+
+
 def reparameterize(
     mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -82,6 +89,11 @@ def reparameterize(
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + eps * torch.exp(0.5 * logvar)
 
+
+# The swap term shows each drawing to the frozen model randomly warped and colour-jittered, as
+# training batches are by default: a drawing must read as its class in every version, which
+# pixel patterns that only fool the classifier as drawn do not.
+SWAP_AUGMENT = Augment()
 
 CRITIC_WIDTH = 128  # hidden width of the style critic (--style-adversary-weight)
 
@@ -101,10 +113,15 @@ class RoleModel(nn.Module):
         raise NotImplementedError
 
     def forward_train(
-        self, x_aux: torch.Tensor | None, x_primary: torch.Tensor, mean_logits: bool = False
+        self,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        mean_logits: bool = False,
+        swaps: bool = False,
     ) -> StepOutput:
-        """The outputs of one training step over a batch of pairs; `mean_logits` (JADE): also
-        classify the content posterior means (`--ce-on-mean` asks for them)."""
+        """The outputs of one training step over a batch of pairs; JADE: also classify the
+        content posterior means (`mean_logits`: `--ce-on-mean` asks for them), draw and judge
+        swaps (`swaps`: `--swap-weight`)."""
         raise NotImplementedError
 
     def evaluate_batch(self, role: str, x: torch.Tensor, generator: torch.Generator) -> TestOutput:
@@ -134,7 +151,11 @@ class SingleClassifier(RoleModel):
         return {"features": self.features(role, x)}
 
     def forward_train(
-        self, x_aux: torch.Tensor | None, x_primary: torch.Tensor, mean_logits: bool = False
+        self,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        mean_logits: bool = False,
+        swaps: bool = False,
     ) -> StepOutput:
         return StepOutput(self.classify(PRIMARY, x_primary), None)
 
@@ -158,7 +179,11 @@ class PairedClassifier(SingleClassifier):
         return super().features(role, x)
 
     def forward_train(
-        self, x_aux: torch.Tensor | None, x_primary: torch.Tensor, mean_logits: bool = False
+        self,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        mean_logits: bool = False,
+        swaps: bool = False,
     ) -> StepOutput:
         assert x_aux is not None
         logits_aux = self.classify(AUXILIARY, x_aux)  # auxiliary first: BatchNorm's order
@@ -201,7 +226,11 @@ class JADE(RoleModel):
         return self.primary_decoder if role == PRIMARY else self.aux_decoder
 
     def forward(
-        self, x_aux: torch.Tensor, x_primary: torch.Tensor, mean_logits: bool = False
+        self,
+        x_aux: torch.Tensor,
+        x_primary: torch.Tensor,
+        mean_logits: bool = False,
+        swaps: bool = False,
     ) -> JADEOutput:
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
@@ -218,6 +247,11 @@ class JADE(RoleModel):
             learn = self.style_critic(z_s.detach())  # (2B, K)
             frozen = {k: v.detach() for k, v in self.style_critic.named_parameters()}
             judge = torch.func.functional_call(self.style_critic, frozen, (z_s,))  # (2B, K)
+        swap_logits = swap_index = None
+        if swaps:  # only the decoders learn from the swaps: the codes are detached
+            swap_logits, swap_index = self.judge_swaps(
+                za_s.detach(), zp_s.detach(), torch.cat([da_c, dp_c]).detach()
+            )
         return JADEOutput(
             q_aux=qa,
             q_primary=qp,
@@ -229,13 +263,49 @@ class JADE(RoleModel):
             mean_logits_primary=means[1],
             critic_logits=learn,
             judged_logits=judge,
+            swap_logits=swap_logits,
+            swap_index=swap_index,
         )
 
+    def judge_swaps(
+        self, z_s_aux: torch.Tensor, z_s_primary: torch.Tensor, contents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each decoder draws its styles (B, s) with contents picked by a random permutation of
+        `contents` (2B, c: [auxiliary; primary]); the model as it predicts, frozen, classifies
+        the drawings. -> (logits (2B, K), the permutation (2B,))."""
+        b = z_s_aux.shape[0]
+        index = torch.randperm(2 * b, device=contents.device)  # content of drawing i
+        logits = []
+        for role, z_s, idx in ((AUXILIARY, z_s_aux, index[:b]), (PRIMARY, z_s_primary, index[b:])):
+            x = torch.sigmoid(self.decoder(role)(torch.cat([z_s, contents[idx]], 1)))
+            logits.append(self.frozen_classify(role, augment(x, SWAP_AUGMENT)))
+        return torch.cat(logits), index
+
+    def frozen_classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        """`classify` with detached weights in eval mode (BatchNorm's running statistics, no
+        dropout, nothing updated): gradients reach only `x`."""
+        encoder = self.encoder(role)
+        parts = (encoder.cnn, encoder.content_head, self.classifier)
+        modes = [m.training for m in parts]
+        for m in parts:
+            m.eval()
+        try:
+            h = _frozen(encoder.cnn, x, role)  # (B, out_features)
+            mu_c = _frozen(encoder.content_head, h).chunk(2, 1)[0]  # (B, content_dim)
+            return _frozen(self.classifier, mu_c)  # (B, K)
+        finally:
+            for m, mode in zip(parts, modes, strict=True):
+                m.train(mode)
+
     def forward_train(
-        self, x_aux: torch.Tensor | None, x_primary: torch.Tensor, mean_logits: bool = False
+        self,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        mean_logits: bool = False,
+        swaps: bool = False,
     ) -> StepOutput:
         assert x_aux is not None
-        return self(x_aux, x_primary, mean_logits)
+        return self(x_aux, x_primary, mean_logits, swaps)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ batch, each reconstruction summed over pixel values and each KL summed over late
       + w_sep   *  SEP(z_c^A, z_c^P, y)                     (0 unless --separation-weight)
       + w_A * CE(y, f(z_c^A)) + w_P * CE(y, f(z_c^P))
       + w_adv   * [CE(y, g(sg z_s)) + CE(uniform, g'(z_s))]  (0 unless --style-adversary-weight)
+      + w_swap  *  CE(y_j, f'(E'_d(dec_d(sg z_s^i, sg z_c^j))))  (0 unless --swap-weight)
 
 with D the number of pixel values of each dataset's images (784 for 28x28 grey, 3072 for 32x32
 colour) and d_s, d_c the style and content latent sizes: under `--loss-scale mean` (the default)
@@ -33,6 +34,13 @@ samples: it learns the class from detached codes (sg), and the encoders learn to
 copy of it (g') guess uniformly, so the class stays out of style and the decoders take it from
 content. (A gradient reversal, DANN's form, was tried first: the encoders inflated z_s without
 bound to fool the critic, 36,000 nats of style KL in the first epoch, and the decoders died.)
+
+The swap term (`--swap-weight`) asks each decoder d to draw its batch's styles z_s^i with
+contents z_c^j of other images of both datasets (a permutation of the 2B contents of the
+batch), and the model as it predicts (its encoder E'_d and classifier f', weights frozen,
+BatchNorm's running statistics, no dropout) to classify each drawing as j's class. Only the
+decoders learn from it (the codes are detached): a decoder that reads the class from style,
+where the trunk's features put it, draws the wrong digit in a swap.
 
 The KL of two diagonal Gaussians uses the correct closed form (the authors' code had
 `(logvar_A - mu_P)^2` in place of `(mu_A - mu_P)^2`).
@@ -76,6 +84,7 @@ TERMS = {
         "ce_aux",
         "ce_primary",
         *CRITIC_TERMS,
+        "swap_class",
     ),
 }
 
@@ -95,6 +104,11 @@ class Objective:
     @property
     def wants_mean_logits(self) -> bool:
         return self.ce_on_mean
+
+    @property
+    def wants_swaps(self) -> bool:
+        """Whether the model must draw and judge swaps (the swap term's weight is not 0)."""
+        return "swap_class" in self.terms
 
     def __call__(
         self,
@@ -133,6 +147,7 @@ def term_weights(cfg: TrainConfig, spec: ModelSpec) -> dict[str, float]:
         "ce_primary": cfg.primary_ce_weight,
         "style_critic": cfg.style_adversary_weight,
         "style_confusion": cfg.style_adversary_weight,
+        "swap_class": cfg.swap_weight,
     }
     return {t: weights[t] for t in TERMS[spec.kind]}
 
@@ -180,6 +195,12 @@ def separation(mu_aux: torch.Tensor, mu_primary: torch.Tensor, y: torch.Tensor) 
     return (hinge * differ).sum() / differ.sum().clamp_min(1.0)
 
 
+def swap_class(out: JADEOutput, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the frozen model's class of each swap against its content's label."""
+    assert out.swap_logits is not None and out.swap_index is not None, "no swaps were drawn"
+    return F.cross_entropy(out.swap_logits.float(), y.repeat(2)[out.swap_index])
+
+
 def _given(logits: torch.Tensor | None) -> torch.Tensor:
     assert logits is not None, "the model has no style critic"
     return logits.float()
@@ -222,10 +243,13 @@ def jade_terms(
         "ce_primary": lambda: F.cross_entropy(out.logits_primary.float(), y),
         "style_critic": lambda: F.cross_entropy(_given(out.critic_logits), y.repeat(2)),
         "style_confusion": lambda: -F.log_softmax(_given(out.judged_logits), 1).mean(),
+        "swap_class": lambda: swap_class(out, y),
     }
-    # the style critic's terms exist only for a model that has one
-    critic = out.critic_logits is not None
-    wanted = [n for n in wanted if critic or n not in CRITIC_TERMS]
+    # the style critic's terms exist only for a model that has one, the swap term only for a
+    # forward pass that drew swaps
+    drawn = {"swap_class": out.swap_logits is not None}
+    drawn.update({n: out.critic_logits is not None for n in CRITIC_TERMS})
+    wanted = [n for n in wanted if drawn.get(n, True)]
     terms = {name: compute[name]() for name in TERMS["jade"] if name in wanted}
     # --ce-on-mean: each cross-entropy is the average of those on samples and on means
     for name, mean_logits in (

@@ -49,6 +49,10 @@ class JADEOutput(StepOutput):
     # those of a frozen copy of it (through which the encoders learn to hide the class)
     critic_logits: torch.Tensor | None = None
     judged_logits: torch.Tensor | None = None
+    # the swap term: the frozen model's logits (2B, K) of each decoder's drawings of its own
+    # batch's styles with contents `swap_index` (2B,) of the pool [auxiliary; primary] batch
+    swap_logits: torch.Tensor | None = None
+    swap_index: torch.Tensor | None = None
 
 
 @dataclass

@@ -54,6 +54,7 @@ WEIGHTS = dict(
     match=2.9,
     separation=0.11,
     style_adversary=0.19,
+    swap=0.43,
     aux_ce=0.37,
     primary_ce=5.0,
 )
@@ -102,6 +103,9 @@ def hand_built_batch(seed: int = 0) -> dict:
         # the style critic's logits of [z_s^A; z_s^P] (2B, K): its own and its frozen copy's
         "critic_logits": leaf(rng, 2 * B, K, scale=2),
         "judged_logits": leaf(rng, 2 * B, K, scale=2),
+        # the swap term: the frozen model's logits of 2B drawings, and the content each drew
+        "swap_logits": leaf(rng, 2 * B, K, scale=2),
+        "swap_index": torch.tensor([4, 0, 2, 5, 1, 3]),
     }
 
 
@@ -169,6 +173,8 @@ def reference_terms(b: dict) -> dict[str, float]:
         "style_confusion": float(
             -np.mean(f64(b["judged_logits"]) - logsumexp(f64(b["judged_logits"])))
         ),
+        # drawing i shows the content of pool image swap_index[i], pool = [auxiliary; primary]
+        "swap_class": ce(b["swap_logits"], torch.cat([b["y"], b["y"]])[b["swap_index"]]),
     }
 
 
@@ -196,6 +202,7 @@ def expected_weights(
         "ce_primary": w["primary_ce"],
         "style_critic": w["style_adversary"],
         "style_confusion": w["style_adversary"],
+        "swap_class": w["swap"],
     }
     return {name: every[name] for name in TERMS[kind]}
 
@@ -216,6 +223,8 @@ def step_output(kind: str, b: dict) -> StepOutput:
             recon_primary=b["recon_primary"],
             critic_logits=b.get("critic_logits"),
             judged_logits=b.get("judged_logits"),
+            swap_logits=b.get("swap_logits"),
+            swap_index=b.get("swap_index"),
         )
     return StepOutput(b["logits_primary"], None if kind == "single" else b["logits_aux"])
 
@@ -382,6 +391,8 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         logits_primary=leaf(rng, B, 10),
         critic_logits=leaf(rng, 2 * B, 10),
         judged_logits=leaf(rng, 2 * B, 10),
+        swap_logits=leaf(rng, 2 * B, 10),
+        swap_index=torch.randperm(2 * B),
     )
     total, terms = trainer.objective(step_output("jade", b), x_aux, x_primary, y)
     reference = reference_terms(b)
@@ -405,8 +416,10 @@ def test_a_term_at_weight_0_is_not_computed_nor_listed(monkeypatch):
     assert "separation" not in objective.terms
     b = hand_built_batch()
     _, terms = objective(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
-    # nor are the style critic's (--style-adversary-weight 0 by default)
-    assert set(terms) == set(TERMS["jade"]) - {"separation", "style_critic", "style_confusion"}
+    # nor are the style critic's (--style-adversary-weight 0 by default), nor the swap term
+    off = {"separation", "style_critic", "style_confusion", "swap_class"}
+    assert set(terms) == set(TERMS["jade"]) - off
+    assert not objective.wants_swaps
     paired = objective_for("paired", aux_ce_weight=0.0)
     assert paired.terms == ("ce_primary",)
 

@@ -101,6 +101,7 @@ SAMPLE = {
     "ce_on_mean": False,
     "separation_weight": 0.5,
     "style_adversary_weight": 0.5,
+    "swap_weight": 0.25,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,
     "epochs": 3,

@@ -56,6 +56,7 @@ SELECTIONS = ("last", "best-val")
 JADE_ONLY = (
     "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
     "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
+    "swap_weight",
 )  # fmt: skip
 AUXILIARY_ONLY = (
     "auxiliary", "aux_per_class", "auxiliary_size", "auxiliary_pad", "style_mix", "aux_ce_weight"
@@ -353,6 +354,16 @@ class TrainConfig:
         "style latents of both datasets, and the encoders learn to make it guess uniformly (its "
         "cross-entropy to the uniform distribution), so the class is left out of style and the "
         "decoders must take it from content. 0: off.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    swap_weight: float = opt(
+        0.0,
+        "jade: weight of the swap term: each decoder draws its batch's styles with contents "
+        "taken from other images of both datasets, and the model itself, frozen (its encoder "
+        "and classifier as they predict), must classify each drawing as its content's class "
+        "(cross-entropy). Only the decoders learn from it: they must take the class from "
+        "content, not style. 0: off.",
         group=OBJ,
         range=NON_NEGATIVE,
     )

@@ -118,10 +118,12 @@ class RoleModel(nn.Module):
         x_primary: torch.Tensor,
         mean_logits: bool = False,
         swaps: bool = False,
+        content_grad: bool = True,
     ) -> StepOutput:
         """The outputs of one training step over a batch of pairs; JADE: also classify the
         content posterior means (`mean_logits`: `--ce-on-mean` asks for them), draw and judge
-        swaps (`swaps`: `--swap-weight`)."""
+        swaps (`swaps`: `--swap-weight`), keep the reconstruction's gradient out of the content
+        codes (`content_grad` False: `--no-decoder-content-grad`)."""
         raise NotImplementedError
 
     def evaluate_batch(self, role: str, x: torch.Tensor, generator: torch.Generator) -> TestOutput:
@@ -156,6 +158,7 @@ class SingleClassifier(RoleModel):
         x_primary: torch.Tensor,
         mean_logits: bool = False,
         swaps: bool = False,
+        content_grad: bool = True,
     ) -> StepOutput:
         return StepOutput(self.classify(PRIMARY, x_primary), None)
 
@@ -184,6 +187,7 @@ class PairedClassifier(SingleClassifier):
         x_primary: torch.Tensor,
         mean_logits: bool = False,
         swaps: bool = False,
+        content_grad: bool = True,
     ) -> StepOutput:
         assert x_aux is not None
         logits_aux = self.classify(AUXILIARY, x_aux)  # auxiliary first: BatchNorm's order
@@ -231,12 +235,15 @@ class JADE(RoleModel):
         x_primary: torch.Tensor,
         mean_logits: bool = False,
         swaps: bool = False,
+        content_grad: bool = True,
     ) -> JADEOutput:
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
         zp_s, zp_c = reparameterize(qp.mu_s, qp.logvar_s), reparameterize(qp.mu_c, qp.logvar_c)
         # the decoders' content: the samples, or (--decoder-content mean) the posterior means
         da_c, dp_c = (qa.mu_c, qp.mu_c) if self.spec.decoder_content == "mean" else (za_c, zp_c)
+        if not content_grad:  # the decoders read content; only the other terms train it
+            da_c, dp_c = da_c.detach(), dp_c.detach()
         means: tuple[torch.Tensor | None, ...] = (None, None)
         if mean_logits:  # the classifier also sees the codes it predicts from
             means = self.classifier(torch.cat([qa.mu_c, qp.mu_c])).chunk(2)
@@ -303,9 +310,10 @@ class JADE(RoleModel):
         x_primary: torch.Tensor,
         mean_logits: bool = False,
         swaps: bool = False,
+        content_grad: bool = True,
     ) -> StepOutput:
         assert x_aux is not None
-        return self(x_aux, x_primary, mean_logits, swaps)
+        return self(x_aux, x_primary, mean_logits, swaps, content_grad)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -82,13 +82,15 @@ class _TrainStep(nn.Module):
     """The model's training forward as a module's forward: DistributedDataParallel synchronises
     gradients only for what goes through the forward of the module it wraps."""
 
-    def __init__(self, model: RoleModel, objective: Objective):
+    def __init__(self, model: RoleModel, objective: Objective, content_grad: bool):
         super().__init__()
-        self.model = model
+        self.model, self.content_grad = model, content_grad
         self.mean_logits, self.swaps = objective.wants_mean_logits, objective.wants_swaps
 
     def forward(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
-        return self.model.forward_train(x_aux, x_primary, self.mean_logits, self.swaps)
+        return self.model.forward_train(
+            x_aux, x_primary, self.mean_logits, self.swaps, self.content_grad
+        )
 
 
 class Trainer:
@@ -121,7 +123,9 @@ class Trainer:
         self.compiled, self.compile_reason = compile_plan(cfg, device)
         # the module a step runs: the model, or its DistributedDataParallel wrapper (distribute),
         # compiled or not
-        self.step_module = self._compiled(_TrainStep(self.model, self.objective))
+        self.step_module = self._compiled(
+            _TrainStep(self.model, self.objective, self.cfg.decoder_content_grad)
+        )
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(
@@ -152,7 +156,7 @@ class Trainer:
         # buffers are not synchronised at each forward (the deprecated flag on older torch)
         params = inspect.signature(DistributedDataParallel.__init__).parameters
         sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-        step = _TrainStep(self.model, self.objective)
+        step = _TrainStep(self.model, self.objective, self.cfg.decoder_content_grad)
         ddp = DistributedDataParallel(step, device_ids=ids, **{sync: False})
         self.step_module = self._compiled(ddp)
 

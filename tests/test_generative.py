@@ -185,3 +185,20 @@ def test_a_run_with_the_swap_term_records_it_and_paired_refuses_it(synth_dir, ru
     assert r.exit_code == 2
     assert "--swap-weight" in r.output and "--model paired" in r.output
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("content_grad", [True, False])
+def test_no_decoder_content_grad_keeps_the_reconstruction_out_of_the_content_codes(content_grad):
+    """--no-decoder-content-grad: the decoders still read the content codes (the reconstruction
+    changes with them), but its gradient reaches only the style codes."""
+    model = build_model(_spec("trunk", (3, 16, 16)))
+    x = torch.rand(4, 3, 16, 16)
+    torch.manual_seed(0)
+    out = model.forward_train(x, x, content_grad=content_grad)
+    recon = jade_terms(out, x, x, torch.arange(4), ("recon_primary",))["recon_primary"]
+    q = out.q_primary
+    g_c, g_s = torch.autograd.grad(recon, [q.mu_c, q.mu_s], allow_unused=True)
+    assert g_s is not None and g_s.abs().sum() > 0
+    assert (g_c is not None and g_c.abs().sum() > 0) == content_grad
+    decoded = model.decode("primary", q.mu_s, q.mu_c)
+    assert not torch.allclose(decoded, model.decode("primary", q.mu_s, torch.zeros_like(q.mu_c)))

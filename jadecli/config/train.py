@@ -56,7 +56,7 @@ SELECTIONS = ("last", "best-val")
 JADE_ONLY = (
     "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
     "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
-    "swap_weight",
+    "swap_weight", "decoder_content_grad",
 )  # fmt: skip
 AUXILIARY_ONLY = (
     "auxiliary", "aux_per_class", "auxiliary_size", "auxiliary_pad", "style_mix", "aux_ce_weight"
@@ -247,6 +247,14 @@ class TrainConfig:
         group=MODEL,
         metavar="mean|sample",
         choices=DECODER_CONTENTS,
+    )
+    decoder_content_grad: bool = opt(
+        True,
+        "jade: the reconstruction's gradient reaches the content codes through the decoders, as "
+        "in the paper. --no-decoder-content-grad: the decoders read the content codes but only "
+        "the classifier, the matching and the KL train them (with --swap-weight, the decoders "
+        "then draw the class without pulling the content codes towards texture and colour).",
+        group=MODEL,
     )
     hidden_dim: int = opt(
         500, "Width of the shared classifier's three hidden layers.", group=MODEL, range=POSITIVE

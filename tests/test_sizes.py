@@ -49,11 +49,12 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
     assert trunk.out_features <= 8192  # a <= 4x4 map, whatever the size
     x_aux, x_p = torch.rand(4, 3, size, size), torch.rand(4, 3, size, size)
     y = torch.arange(4)
-    out = model.forward_train(x_aux, x_p)
+    out = model.forward_train(x_aux, x_p, swaps=True)  # the swap term too (--swap-weight)
     assert out.recon_primary.shape == out.recon_aux.shape == (4, 3, size, size)
     terms = jade_terms(out, x_aux, x_p, y)
     # this model has no style critic
     assert tuple(terms) == tuple(t for t in TERMS["jade"] if t not in CRITIC_TERMS)
+    assert "swap_class" in terms
     pixels = 3 * size * size
     for name, value in terms.items():  # cross-entropies are per image, the rest per pixel
         per = float(value.detach()) / (1 if name.startswith("ce_") else pixels)

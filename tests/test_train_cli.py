@@ -89,6 +89,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
         "ce_primary": 1.0,
         "style_critic": 0.0,
         "style_confusion": 0.0,
+        "swap_class": 0.0,
     }
     for row in rows:
         # a term at weight 0 (separation, by default) is neither computed nor a column

@@ -252,8 +252,7 @@ class JADE(RoleModel):
             z_s = torch.cat([za_s, zp_s])  # (2B, style_dim)
             # the critic learns from detached codes; the encoders are judged by a frozen copy
             learn = self.style_critic(z_s.detach())  # (2B, K)
-            frozen = {k: v.detach() for k, v in self.style_critic.named_parameters()}
-            judge = torch.func.functional_call(self.style_critic, frozen, (z_s,))  # (2B, K)
+            judge = _frozen(self.style_critic, z_s)  # (2B, K)
         swap_logits = swap_index = None
         if swaps:  # only the decoders learn from the swaps: the codes are detached
             swap_logits, swap_index = self.judge_swaps(

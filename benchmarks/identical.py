@@ -105,6 +105,18 @@ CONFIGS: dict[str, list[str]] = {
         "--epoch-size",
         "200",
     ],
+    # issue 26's swap term with the content gradient stopped, and --ce-on-mean's extra logits
+    "jade-swap-nocontentgrad": [*PAIR, *TINY, "--swap-weight", "1", "--no-decoder-content-grad"],
+    "jade-swap-own-mean": [
+        *PAIR,
+        *TINY,
+        "--swap-weight",
+        "0.5",
+        "--style-encoder",
+        "own",
+        "--decoder-content",
+        "mean",
+    ],
 }
 QUICKSTART = [*PAIR, "--n-labeled", "1000", "--epochs", "5"]
 TIMING = {"seconds", "examples_per_s"}

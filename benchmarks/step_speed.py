@@ -101,7 +101,7 @@ def plain_epoch(t: Any, epoch: int, reporter: Any) -> None:
     t.model.train()
     for _, b in t.batches.epoch(epoch):
         with autocast(t.device, t.precision):
-            out = t.model.forward_train(b.x_aux, b.x_primary, t.objective.wants_mean_logits)
+            out = t.model.forward_train(b.x_aux, b.x_primary, t.request)
         loss, _ = t.objective(out, b.x_aux, b.x_primary, b.y)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,7 +117,7 @@ def step_flops(t: Any) -> float:
     _, b = next(t.batches.epoch(0))
     with FlopCounterMode(display=False) as counter:
         with autocast(t.device, t.precision):
-            out = t.model.forward_train(b.x_aux, b.x_primary, t.objective.wants_mean_logits)
+            out = t.model.forward_train(b.x_aux, b.x_primary, t.request)
         loss, _ = t.objective(out, b.x_aux, b.x_primary, b.y)
         loss.backward()
     t.model.zero_grad(set_to_none=True)

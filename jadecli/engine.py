@@ -321,7 +321,7 @@ def _prepare_rank(
     threads = configure_threads()
     configure_allocator()
     # the first line a run prints: where it computes and why, before the data loads
-    on = f" ({threads} threads)" if device.type == "cpu" else ""
+    on = f" ({threads} thread{'s' if threads != 1 else ''})" if device.type == "cpu" else ""
     reporter.info(f"device: {device}{on}; {precision}: {why}")
     if cfg.data_dir is None:  # record where the data really came from
         cfg = replace(cfg, data_dir=str(default_data_dir()))

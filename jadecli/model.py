@@ -35,7 +35,14 @@ from jadecli.nets import (
     encoders,
     style_layers,
 )
-from jadecli.outputs import JADEOutput, Posterior, StepOutput, TestOutput
+from jadecli.outputs import (
+    PLAIN_STEP,
+    JADEOutput,
+    Posterior,
+    StepOutput,
+    StepRequest,
+    TestOutput,
+)
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec, one_trunk
 
 # log-variances are squashed into (-LOGVAR_LIMIT, LOGVAR_LIMIT): exp() of the difference of two
@@ -116,14 +123,10 @@ class RoleModel(nn.Module):
         self,
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
-        mean_logits: bool = False,
-        swaps: bool = False,
-        content_grad: bool = True,
+        request: StepRequest = PLAIN_STEP,
     ) -> StepOutput:
-        """The outputs of one training step over a batch of pairs; JADE: also classify the
-        content posterior means (`mean_logits`: `--ce-on-mean` asks for them), draw and judge
-        swaps (`swaps`: `--swap-weight`), keep the reconstruction's gradient out of the content
-        codes (`content_grad` False: `--no-decoder-content-grad`)."""
+        """The outputs of one training step over a batch of pairs, with what `request` asks
+        beyond the logits (JADE's options; the classifiers ignore it)."""
         raise NotImplementedError
 
     def evaluate_batch(self, role: str, x: torch.Tensor, generator: torch.Generator) -> TestOutput:
@@ -156,9 +159,7 @@ class SingleClassifier(RoleModel):
         self,
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
-        mean_logits: bool = False,
-        swaps: bool = False,
-        content_grad: bool = True,
+        request: StepRequest = PLAIN_STEP,
     ) -> StepOutput:
         return StepOutput(self.classify(PRIMARY, x_primary), None)
 
@@ -185,9 +186,7 @@ class PairedClassifier(SingleClassifier):
         self,
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
-        mean_logits: bool = False,
-        swaps: bool = False,
-        content_grad: bool = True,
+        request: StepRequest = PLAIN_STEP,
     ) -> StepOutput:
         assert x_aux is not None
         logits_aux = self.classify(AUXILIARY, x_aux)  # auxiliary first: BatchNorm's order
@@ -233,19 +232,17 @@ class JADE(RoleModel):
         self,
         x_aux: torch.Tensor,
         x_primary: torch.Tensor,
-        mean_logits: bool = False,
-        swaps: bool = False,
-        content_grad: bool = True,
+        request: StepRequest = PLAIN_STEP,
     ) -> JADEOutput:
         qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
         zp_s, zp_c = reparameterize(qp.mu_s, qp.logvar_s), reparameterize(qp.mu_c, qp.logvar_c)
         # the decoders' content: the samples, or (--decoder-content mean) the posterior means
         da_c, dp_c = (qa.mu_c, qp.mu_c) if self.spec.decoder_content == "mean" else (za_c, zp_c)
-        if not content_grad:  # the decoders read content; only the other terms train it
+        if not request.content_grad:  # the decoders read content; only the other terms train it
             da_c, dp_c = da_c.detach(), dp_c.detach()
         means: tuple[torch.Tensor | None, ...] = (None, None)
-        if mean_logits:  # the classifier also sees the codes it predicts from
+        if request.mean_logits:  # the classifier also sees the codes it predicts from
             means = self.classifier(torch.cat([qa.mu_c, qp.mu_c])).chunk(2)
         learn = judge = None
         if self.style_critic is not None:  # what the decoders get as style, class hidden
@@ -254,7 +251,7 @@ class JADE(RoleModel):
             learn = self.style_critic(z_s.detach())  # (2B, K)
             judge = _frozen(self.style_critic, z_s)  # (2B, K)
         swap_logits = swap_index = None
-        if swaps:  # only the decoders learn from the swaps: the codes are detached
+        if request.swaps:  # only the decoders learn from the swaps: the codes are detached
             swap_logits, swap_index = self.judge_swaps(
                 za_s.detach(), zp_s.detach(), torch.cat([da_c, dp_c]).detach()
             )
@@ -307,12 +304,10 @@ class JADE(RoleModel):
         self,
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
-        mean_logits: bool = False,
-        swaps: bool = False,
-        content_grad: bool = True,
+        request: StepRequest = PLAIN_STEP,
     ) -> StepOutput:
         assert x_aux is not None
-        return self(x_aux, x_primary, mean_logits, swaps, content_grad)
+        return self(x_aux, x_primary, request)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,20 @@ class Posterior:
         )
 
 
+@dataclass(frozen=True)
+class StepRequest:
+    """What a training forward computes beyond the logits: decided once per run, from the
+    objective's weights and the config (`Trainer.request`), and handed to every step."""
+
+    mean_logits: bool = False  # JADE: also classify the content means (--ce-on-mean)
+    swaps: bool = False  # JADE: draw and judge swaps (--swap-weight)
+    content_grad: bool = True  # JADE: False stops the reconstruction's gradient at content
+    # codes (--no-decoder-content-grad)
+
+
+PLAIN_STEP = StepRequest()  # the logits and what the paper's objective needs, nothing more
+
+
 @dataclass
 class StepOutput:
     """One training forward pass over a batch of pairs: the shared classifier's logits."""

@@ -37,7 +37,7 @@ from jadecli.model import JADE, RoleModel, build_model
 from jadecli.nets import ResNetTrunk
 from jadecli.objective import Objective
 from jadecli.optim import EMA, lr_at, make_optimizer, set_lr
-from jadecli.outputs import StepOutput
+from jadecli.outputs import StepOutput, StepRequest
 from jadecli.progress import Reporter
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
 
@@ -82,15 +82,12 @@ class _TrainStep(nn.Module):
     """The model's training forward as a module's forward: DistributedDataParallel synchronises
     gradients only for what goes through the forward of the module it wraps."""
 
-    def __init__(self, model: RoleModel, objective: Objective, content_grad: bool):
+    def __init__(self, model: RoleModel, request: StepRequest):
         super().__init__()
-        self.model, self.content_grad = model, content_grad
-        self.mean_logits, self.swaps = objective.wants_mean_logits, objective.wants_swaps
+        self.model, self.request = model, request
 
     def forward(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
-        return self.model.forward_train(
-            x_aux, x_primary, self.mean_logits, self.swaps, self.content_grad
-        )
+        return self.model.forward_train(x_aux, x_primary, self.request)
 
 
 class Trainer:
@@ -118,14 +115,18 @@ class Trainer:
             load_init_weights(self.model, cfg.init_weights)
         place_model(self.model, device)
         self.objective = Objective(cfg, self.spec)
+        # what each step's forward computes beyond the logits, decided here once
+        self.request = StepRequest(
+            mean_logits=self.objective.wants_mean_logits,
+            swaps=self.objective.wants_swaps,
+            content_grad=cfg.decoder_content_grad,
+        )
         self.batches = Batches(cfg, data, device, self.dist)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.compiled, self.compile_reason = compile_plan(cfg, device)
         # the module a step runs: the model, or its DistributedDataParallel wrapper (distribute),
         # compiled or not
-        self.step_module = self._compiled(
-            _TrainStep(self.model, self.objective, self.cfg.decoder_content_grad)
-        )
+        self.step_module = self._compiled(_TrainStep(self.model, self.request))
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(
@@ -156,7 +157,7 @@ class Trainer:
         # buffers are not synchronised at each forward (the deprecated flag on older torch)
         params = inspect.signature(DistributedDataParallel.__init__).parameters
         sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-        step = _TrainStep(self.model, self.objective, self.cfg.decoder_content_grad)
+        step = _TrainStep(self.model, self.request)
         ddp = DistributedDataParallel(step, device_ids=ids, **{sync: False})
         self.step_module = self._compiled(ddp)
 

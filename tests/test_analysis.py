@@ -508,6 +508,20 @@ def test_bad_flags_name_the_flag(runner, run_copy, args, flag):
     assert fingerprint(run) == before
 
 
+def test_reconstruct_split_without_images_says_what_to_use(runner, trained_runs):
+    # the tiny run's auxiliary trained on all its images: it has no unused ones to draw
+    run = trained_runs["jade"]
+    r = runner.invoke(
+        app, ["reconstruct", str(run), "--device", "cpu", "--split", "train-unlabeled"]
+    )
+    assert r.exit_code == 2, r.output
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: --split train-unlabeled: the auxiliary") and "--split test" in last
+    )
+    assert not (run / "analysis" / "reconstruct-train-unlabeled-seed0").exists()
+
+
 @pytest.mark.slow
 def test_example_analysis_script_runs_and_gates(run_copy, tmp_path):
     """examples/analyse_run.sh end to end on a tiny run, through the installed `jade`."""

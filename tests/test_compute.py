@@ -112,7 +112,7 @@ def test_a_bf16_forward_pass_is_bf16_and_within_its_rounding_of_fp32(synth_dir, 
                     out.update({f"{role} {k}": v for k, v in net.codes(role, x).items()})
                     out[f"{role} decoded"] = net.decode(role, z[:, :10], z[:, 10:])
             outputs[precision] = out
-            train_out = net.forward_train(x_aux, x_primary, trainer.objective.wants_mean_logits)
+            train_out = net.forward_train(x_aux, x_primary, trainer.request)
             _, terms = trainer.objective(train_out, x_aux, x_primary, y)
         assert all(t.dtype == torch.float32 for t in terms.values())  # loss terms stay fp32
     assert outputs["bf16"]["primary"].dtype == torch.bfloat16

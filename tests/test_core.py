@@ -17,6 +17,7 @@ from jadecli.objective import (
     kl_standard_normal,
     reconstruction_bce,
 )
+from jadecli.outputs import StepRequest
 from jadecli.spec import ModelSpec
 
 CLASSES = [str(d) for d in range(10)]
@@ -142,7 +143,7 @@ def spec_of(kind, primary, auxiliary, num_classes=4, hidden_dim=16, arch="paper"
 def test_models_build_for_any_image_shapes(primary, auxiliary):
     model = JADE(spec_of("jade", primary, auxiliary))
     xa, xp = torch.rand(2, *auxiliary), torch.rand(2, *primary)
-    out = model(xa, xp, swaps=True)
+    out = model(xa, xp, StepRequest(swaps=True))
     assert out.recon_aux.shape == xa.shape and out.recon_primary.shape == xp.shape
     assert out.logits_primary.shape == (2, 4)
     terms = jade_terms(out, xa, xp, torch.tensor([0, 3]))

@@ -19,6 +19,7 @@ from jadecli.generative import balanced_sample, swap_scores
 from jadecli.metrics import DECODER_COLUMNS
 from jadecli.model import build_model
 from jadecli.objective import jade_terms
+from jadecli.outputs import StepRequest
 from jadecli.spec import ModelSpec
 from tests.helpers import tiny_synth_args
 
@@ -153,7 +154,7 @@ def test_the_swap_term_trains_the_decoders_alone(style_encoder):
     torch.manual_seed(0)
     fresh = build_model(_spec(style_encoder))
     torch.manual_seed(1)
-    out = fresh.forward_train(x_a, x_p, swaps=True)
+    out = fresh.forward_train(x_a, x_p, StepRequest(swaps=True))
     assert out.swap_logits is not None and out.swap_index is not None
     assert out.swap_logits.shape == (12, 10)
     assert sorted(out.swap_index.tolist()) == list(range(12))  # every content drawn once
@@ -194,7 +195,7 @@ def test_no_decoder_content_grad_keeps_the_reconstruction_out_of_the_content_cod
     model = build_model(_spec("trunk", (3, 16, 16)))
     x = torch.rand(4, 3, 16, 16)
     torch.manual_seed(0)
-    out = model.forward_train(x, x, content_grad=content_grad)
+    out = model.forward_train(x, x, StepRequest(content_grad=content_grad))
     recon = jade_terms(out, x, x, torch.arange(4), ("recon_primary",))["recon_primary"]
     q = out.q_primary
     g_c, g_s = torch.autograd.grad(recon, [q.mu_c, q.mu_s], allow_unused=True)

@@ -22,7 +22,7 @@ from jadecli.config import TrainConfig
 from jadecli.data.pair import training_data
 from jadecli.model import build_model
 from jadecli.objective import TERMS, Objective, jade_terms
-from jadecli.outputs import JADEOutput, Posterior, StepOutput
+from jadecli.outputs import JADEOutput, Posterior, StepOutput, StepRequest
 from jadecli.progress import NullReporter
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
 from jadecli.trainer import Trainer
@@ -292,7 +292,7 @@ def test_ce_on_mean_makes_the_model_classify_the_posterior_means_in_training():
     assert objective_for("jade").wants_mean_logits  # --ce-on-mean (the default) asks
     assert not objective_for("jade", ce_on_mean=False).wants_mean_logits
     model.eval()  # no dropout: the mean logits are the classifier's prediction
-    out = model.forward_train(x, x, mean_logits=True)
+    out = model.forward_train(x, x, StepRequest(mean_logits=True))
     torch.testing.assert_close(out.mean_logits_primary, model.classify(PRIMARY, x))
     torch.testing.assert_close(out.mean_logits_aux, model.classify(AUXILIARY, x))
 

@@ -24,6 +24,7 @@ from jadecli.errors import DataError
 from jadecli.model import build_model
 from jadecli.nets import RoleBatchNorm
 from jadecli.objective import CRITIC_TERMS, TERMS, jade_terms
+from jadecli.outputs import StepRequest
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
 from tests.helpers import TINY, load_ckpt, make_folder, tiny_synth_args
 
@@ -49,7 +50,7 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
     assert trunk.out_features <= 8192  # a <= 4x4 map, whatever the size
     x_aux, x_p = torch.rand(4, 3, size, size), torch.rand(4, 3, size, size)
     y = torch.arange(4)
-    out = model.forward_train(x_aux, x_p, swaps=True)  # the swap term too (--swap-weight)
+    out = model.forward_train(x_aux, x_p, StepRequest(swaps=True))  # --swap-weight too
     assert out.recon_primary.shape == out.recon_aux.shape == (4, 3, size, size)
     terms = jade_terms(out, x_aux, x_p, y)
     # this model has no style critic

@@ -125,7 +125,7 @@ def _predict(cfg: PredictConfig, reporter: Reporter, stream: TextIO) -> PredictR
             f"predicting {len(files)} images with {cfg.run} ({m.spec.kind}, epoch {m.epoch}, "
             f"{cfg.dataset} encoder: {recipe.dataset}, "
             f"{'x'.join(map(str, recipe.input_shape))}; {workers} decoding threads, "
-            f"{threads} torch threads)"
+            f"{threads} torch thread{'s' if threads != 1 else ''})"
         )
         for paths, images, bad in decoded_batches(files, recipe, cfg.batch_size, workers):
             for path, reason in bad:

@@ -45,6 +45,8 @@ def test_paper_preset_is_reference_md_recipe(model, lr, aux_ce, primary_ce):
         assert (cfg.loss_scale, cfg.style_dim) == ("sum", 10)
         # none of jadecli's levers: the classifier sees samples only, no separation term
         assert (cfg.ce_on_mean, cfg.separation_weight) == (False, 0.0)
+        # decoders trained by the reconstruction alone, which also trains the content codes
+        assert (cfg.swap_weight, cfg.decoder_content_grad) == (0.0, True)
 
 
 def test_preset_sits_below_config_file_and_flags(tmp_path):

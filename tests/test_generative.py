@@ -170,18 +170,22 @@ def test_the_swap_term_trains_the_decoders_alone(style_encoder):
         assert moved == ("decoder" in name), name
 
 
-def test_a_run_with_the_swap_term_records_it_and_paired_refuses_it(synth_dir, runner, tmp_path):
-    """`jade train --swap-weight 1`: the term is trained and logged (metrics.csv `swap_class`,
-    the run's config); a paired model has no decoders, so the flag is refused in one line."""
-    out = tmp_path / "swap"
-    r = runner.invoke(app, tiny_synth_args(synth_dir, out, extra=("--swap-weight", "1")))
+def test_the_swap_term_is_on_by_default_off_at_0_and_refused_by_paired(
+    synth_dir, runner, trained_runs, tmp_path
+):
+    """The default JADE recipe trains the swap term with the content gradient stopped (metrics.csv
+    `swap_class`, the run's config); `--swap-weight 0` is the paper's objective; a paired model
+    has no decoders, so a weight for it is refused in one line."""
+    default = trained_runs["jade"]
+    assert all(0 < float(row["swap_class"]) < 10 for row in read_csv(default / "metrics.csv"))
+    config = yaml.safe_load((default / "manifest.yaml").read_text())["config"]
+    assert config["swap_weight"] == 1.0 and config["decoder_content_grad"] is False
+    out = tmp_path / "noswap"
+    r = runner.invoke(app, tiny_synth_args(synth_dir, out, extra=("--swap-weight", "0")))
     assert r.exit_code == 0, r.output
-    rows = read_csv(out / "metrics.csv")
-    assert all(0 < float(row["swap_class"]) < 10 for row in rows)
-    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
-    assert manifest["config"]["swap_weight"] == 1.0
+    assert "swap_class" not in read_csv(out / "metrics.csv")[0]
     r = runner.invoke(
-        app, tiny_synth_args(synth_dir, tmp_path / "p", "paired", ("--swap-weight", "1"))
+        app, tiny_synth_args(synth_dir, tmp_path / "p", "paired", ("--swap-weight", "0.5"))
     )
     assert r.exit_code == 2
     assert "--swap-weight" in r.output and "--model paired" in r.output

@@ -102,7 +102,7 @@ SAMPLE = {
     "separation_weight": 0.5,
     "style_adversary_weight": 0.5,
     "swap_weight": 0.25,
-    "decoder_content_grad": False,
+    "decoder_content_grad": True,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,
     "epochs": 3,

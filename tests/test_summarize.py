@@ -46,7 +46,7 @@ def write_run(
         "selected_epoch": cfg["epochs"] if done is None else done,
     }
     manifest = {
-        "schema_version": 4,
+        "schema_version": 5,
         "jadecli_version": "0.1.0",
         "command": f"jade train --seed {seed} --out {folder}",
         "status": status,
@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_and_an_exit_code(runner, tmp_path, setup, argv, c
     if setup == "older":
         run = write_run(tmp_path / "older", 0, 0.5)
         text = (run / "manifest.yaml").read_text()
-        text = text.replace("schema_version: 4", "schema_version: 2")
+        text = text.replace("schema_version: 5", "schema_version: 2")
         (run / "manifest.yaml").write_text(text.replace("0.1.0", "0.0.9"))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     result = invoke(runner, *[a.replace("{tmp}", str(tmp_path)) for a in argv])

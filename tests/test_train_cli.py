@@ -48,7 +48,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
     assert ("auxiliary test accuracy (synth-hand)" in output) == (model != "single")
 
     m = read_manifest(out)
-    assert m["schema_version"] == 4
+    assert m["schema_version"] == 5
     assert m["status"] == "completed"
     assert m["epochs_completed"] == 2
     assert m["config"]["model"] == model
@@ -75,7 +75,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # each row's loss is its terms weighted as equation 2 says, with the default weights and
     # --loss-scale mean: reconstructions per pixel value (3 x 28 x 28), KLs per latent
-    # dimension (10), the separation term off
+    # dimension (10), the separation term off, the swap term on
     pixels, dims = 3 * 28 * 28, 10
     weight = {
         "recon_aux": 1 / pixels,
@@ -89,7 +89,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
         "ce_primary": 1.0,
         "style_critic": 0.0,
         "style_confusion": 0.0,
-        "swap_class": 0.0,
+        "swap_class": 1.0,  # on by default (a cross-entropy: per image)
     }
     for row in rows:
         # a term at weight 0 (separation, by default) is neither computed nor a column

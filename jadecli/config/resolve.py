@@ -69,6 +69,8 @@ _PAPER_COMMON: dict[str, Any] = {
     "hidden_dim": 500,
     "dropout": 0.5,
     "ce_on_mean": False,  # the paper's classifier sees sampled content latents only
+    "swap_weight": 0.0,  # the paper's decoders learn from the reconstruction alone
+    "decoder_content_grad": True,  # ... which also trains the content codes
     "recon_weight": 1.0,  # BCE summed over pixels: "x784 (MNIST), x3072 (SVHN)" of a mean
     "kl_weight": 1.0,
     "match_weight": 1.0,

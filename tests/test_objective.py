@@ -412,11 +412,13 @@ def test_a_term_at_weight_0_is_not_computed_nor_listed(monkeypatch):
         raise AssertionError("the separation term was computed at weight 0")
 
     monkeypatch.setattr(jadecli.objective, "separation", never)
-    objective = Objective(TrainConfig(primary="mnist", auxiliary="usps", n_labeled=4), spec("jade"))
+    cfg = TrainConfig(primary="mnist", auxiliary="usps", n_labeled=4, swap_weight=0.0)
+    objective = Objective(cfg, spec("jade"))
     assert "separation" not in objective.terms
     b = hand_built_batch()
     _, terms = objective(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
-    # nor are the style critic's (--style-adversary-weight 0 by default), nor the swap term
+    # nor are the style critic's (--style-adversary-weight 0 by default), nor the swap term's
+    # at --swap-weight 0
     off = {"separation", "style_critic", "style_confusion", "swap_class"}
     assert set(terms) == set(TERMS["jade"]) - off
     assert not objective.wants_swaps

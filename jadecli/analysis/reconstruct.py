@@ -107,11 +107,11 @@ def reconstruct(cfg: ReconstructConfig, reporter: Reporter) -> ReconstructResult
     for role in ("primary", "auxiliary"):
         part = loaded.images(role, cfg.split)
         if part is None:
-            hint = (
-                " (the run trained on all its training images); use --split test"
-                if cfg.split == "train-unlabeled"
-                else "; use --split test"
-            )
+            hint = {  # what to use instead (an empty test split has no other split to offer)
+                "train-unlabeled": " (the run trained on all its training images); use --split "
+                "test",
+                "test": "",
+            }.get(cfg.split, "; use --split test")
             raise ConfigError("split", f"{cfg.split}: the {role} dataset has no such images{hint}")
         with loaded.autocast():
             picked[role] = pick(model, role, part, cfg.n, cfg.seed, loaded.device)

@@ -209,8 +209,9 @@ class JADE(RoleModel):
         # only the reconstruction and the style KL train (the trunk learns what the classifier
         # needs, and unlearns colour and texture on the way)
         own = spec.style_encoder == "own"
-        p_style = Encoder(spec.primary_shape, style_layers(spec.primary_shape)) if own else None
-        a_style = Encoder(spec.auxiliary_shape, style_layers(spec.auxiliary_shape)) if own else None
+        p_shape, a_shape = spec.primary_shape, spec.auxiliary_shape
+        p_style = Encoder(p_shape, style_layers(p_shape, spec.stem)) if own else None
+        a_style = Encoder(a_shape, style_layers(a_shape, spec.stem)) if own else None
         self.primary_encoder = VAEEncoder(p_cnn, PRIMARY, s, c, head, p_style)
         self.aux_encoder = VAEEncoder(a_cnn, AUXILIARY, s, c, head, a_style)
         self.primary_decoder = Decoder(self.primary_encoder.cnn, s + c)

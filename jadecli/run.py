@@ -36,8 +36,8 @@ from jadecli.errors import RunDirError, StorageError, UsageError
 
 # The run folder's formats. A folder or checkpoint of another version gets one line naming the
 # version that wrote it; there are no compatibility layers for unreleased versions.
-SCHEMA_VERSION = 5  # manifest.yaml
-CHECKPOINT_FORMAT = 5  # checkpoints/*.pt
+SCHEMA_VERSION = 6  # manifest.yaml
+CHECKPOINT_FORMAT = 6  # checkpoints/*.pt
 MANIFEST = "manifest.yaml"
 METRICS = "metrics.csv"
 LABELED = "labeled_indices.csv"

@@ -15,6 +15,7 @@ PRIMARY, AUXILIARY = "primary", "auxiliary"  # the dataset roles every model ans
 ROLES = (PRIMARY, AUXILIARY)
 MIN_SIDE = 8  # the smallest image side the models take (scikit-learn's digits)
 ONE_TRUNK_ARCHES = ("shared", "resnet18")  # arches that feed both datasets through one trunk
+STEMS = ("pool", "conv")  # what precedes the shared trunk over 32 px (jadecli.nets.shared_layers)
 
 
 def one_trunk(arch: str) -> bool:
@@ -40,6 +41,7 @@ class ModelSpec:
     style_encoder: str = "trunk"  # jade: own (a style CNN per dataset) | trunk (the trunk's)
     style_critic: bool = False  # jade: a classifier of z_s the encoders learn to leave guessing
     decoder_content: str = "sample"  # jade: what decoders get as content: sample | mean
+    stem: str = "pool"  # shared trunk over 32 px: pool (2x2 average pools) | conv (stride-2)
 
     @property
     def generative(self) -> bool:
@@ -83,4 +85,5 @@ class ModelSpec:
             style_encoder=str(data["style_encoder"]),
             style_critic=bool(data["style_critic"]),
             decoder_content=str(data["decoder_content"]),
+            stem=str(data["stem"]),
         )

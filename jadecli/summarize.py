@@ -38,7 +38,7 @@ from jadecli.progress import Reporter
 # jadecli.run's MANIFEST and SCHEMA_VERSION (tests/test_summarize.py checks they agree): that
 # module imports torch, and a summary of a hundred manifests should not wait for torch to load
 MANIFEST = "manifest.yaml"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 COMPLETED = "completed"
 SEED = "seed"
 # Options that say where the data are, how they were loaded or where the run was also logged

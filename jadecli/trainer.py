@@ -244,6 +244,7 @@ def model_spec(cfg: TrainConfig, data: TrainData) -> ModelSpec:
         hidden_dim=cfg.hidden_dim,
         dropout=cfg.dropout,
         batch_norm=cfg.batch_norm,
+        stem=cfg.stem,
         # JADE's own options (the config refuses them where they would do nothing)
         style_encoder=cfg.style_encoder,
         style_critic=cfg.model == "jade" and cfg.style_adversary_weight > 0,

@@ -80,6 +80,7 @@ SAMPLE = {
     "model": "jade",  # the default, but the one model every option means something to
     "arch": "resnet18",
     "batch_norm": "per-dataset",
+    "stem": "conv",
     "init_weights": "/weights/resnet18.pth",
     "content_dim": 12,
     "style_dim": 6,

@@ -64,12 +64,36 @@ def test_every_arch_takes_any_size_with_o1_loss_terms_per_pixel_at_step_0(arch, 
 
 
 def test_the_shared_trunk_adds_cheap_stages_for_large_images_and_keeps_digit_sizes_as_they_were():
-    from jadecli.nets import SHARED_CNN, STRIDE, shared_layers
+    from jadecli.nets import AVG, SHARED_CNN, STRIDE, shared_layers
 
-    assert shared_layers((1, 28, 28)) == SHARED_CNN == shared_layers((3, 32, 32))
-    assert shared_layers((3, 128, 128)) == ((16, STRIDE), (16, STRIDE), *SHARED_CNN)
-    assert [p for _, p in shared_layers((1, 8, 8))] == [True, False, False]
-    assert len(shared_layers((3, 224, 224))) == 6
+    for stem in ("pool", "conv"):  # nothing in front at digit sizes, whatever --stem says
+        assert shared_layers((1, 28, 28), stem) == SHARED_CNN == shared_layers((3, 32, 32), stem)
+        assert [p for _, p in shared_layers((1, 8, 8), stem)] == [True, False, False]
+        assert len(shared_layers((3, 224, 224), stem)) == 6
+    # the default: average pools take a 128 px image to 32 px before the digit trunk
+    assert shared_layers((3, 128, 128)) == ((None, AVG), (None, AVG), *SHARED_CNN)
+    assert shared_layers((3, 128, 128), "conv") == ((16, STRIDE), (16, STRIDE), *SHARED_CNN)
+
+
+@pytest.mark.parametrize("stem", ["pool", "conv"])
+def test_both_stems_encode_and_decode_64_px_images_at_their_size(stem):
+    torch.manual_seed(0)
+    model = build_model(spec_for("shared", 64, stem=stem, style_encoder="own"))
+    convs = [m for m in model.primary_encoder.cnn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 if stem == "conv" else 3  # pools have no weights
+    assert convs[0].stride == ((2, 2) if stem == "conv" else (1, 1))
+    x = torch.rand(4, 3, 64, 64)
+    out = model.forward_train(x, x)
+    assert out.recon_primary.shape == out.recon_aux.shape == (4, 3, 64, 64)
+    assert ModelSpec.from_dict(model.spec.to_dict()).stem == stem  # what a checkpoint keeps
+
+
+def test_stem_is_refused_where_it_does_nothing(runner, synth_dir, tmp_path):
+    args = tiny_synth_args(synth_dir, tmp_path / "run", extra=("--arch", "paper"))
+    result = runner.invoke(app, [*args, "--stem", "conv"])
+    assert result.exit_code == 2
+    assert "--stem conv has no effect with --arch paper" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_two_sizes_in_the_two_datasets_train_with_the_paper_arch():

@@ -18,7 +18,7 @@ import yaml
 
 from jadecli.cli import app
 from jadecli.config import SummarizeConfig, TrainConfig, field_names
-from jadecli.summarize import NOT_COMPARED
+from jadecli.summarize import NOT_COMPARED, SCHEMA_VERSION
 
 BASE = TrainConfig(primary="synth-street", auxiliary="synth-hand", n_labeled=100).to_dict()
 
@@ -46,7 +46,7 @@ def write_run(
         "selected_epoch": cfg["epochs"] if done is None else done,
     }
     manifest = {
-        "schema_version": 5,
+        "schema_version": SCHEMA_VERSION,
         "jadecli_version": "0.1.0",
         "command": f"jade train --seed {seed} --out {folder}",
         "status": status,
@@ -258,7 +258,7 @@ def test_bad_input_is_one_line_and_an_exit_code(runner, tmp_path, setup, argv, c
     if setup == "older":
         run = write_run(tmp_path / "older", 0, 0.5)
         text = (run / "manifest.yaml").read_text()
-        text = text.replace("schema_version: 5", "schema_version: 2")
+        text = text.replace(f"schema_version: {SCHEMA_VERSION}", "schema_version: 2")
         (run / "manifest.yaml").write_text(text.replace("0.1.0", "0.0.9"))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     result = invoke(runner, *[a.replace("{tmp}", str(tmp_path)) for a in argv])

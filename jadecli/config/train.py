@@ -38,6 +38,7 @@ from jadecli.config.options import (
     val_problem,
 )
 from jadecli.errors import UsageError
+from jadecli.spec import STEMS
 
 MODELS = ("single", "paired", "jade")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -189,12 +190,12 @@ class TrainConfig:
     )
     arch: str = opt(
         "shared",
-        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm, plus 16-filter stages for "
-        "images over 32 px) for both datasets, so the auxiliary's labels train the convolutions "
-        "the primary uses; the primary is resized to the auxiliary's size and a grey dataset "
-        "beside a colour one gets 3 channels. resnet18: the same with torchvision's ResNet-18 "
-        "as the one trunk (see --init-weights). paper: the paper's two separate CNNs, as in the "
-        "authors' 2017 code.",
+        "Encoders. shared: one CNN (conv 32-64-128 with BatchNorm, after 2x2 average pools for "
+        "images over 32 px: see --stem) for both datasets, so the auxiliary's labels train the "
+        "convolutions the primary uses; the primary is resized to the auxiliary's size and a "
+        "grey dataset beside a colour one gets 3 channels. resnet18: the same with "
+        "torchvision's ResNet-18 as the one trunk (see --init-weights). paper: the paper's two "
+        "separate CNNs, as in the authors' 2017 code.",
         group=MODEL,
         metavar="shared|paper|resnet18",
         choices=ARCHES,
@@ -208,6 +209,18 @@ class TrainConfig:
         group=MODEL,
         metavar="shared|per-dataset",
         choices=BATCH_NORMS,
+    )
+    stem: str = opt(
+        "pool",
+        "--arch shared, images over 32 px: what comes before the conv 32-64-128 trunk, one "
+        "stage per halving above 32 px (--arch resnet18: what its JADE decoders mirror). pool: "
+        "2x2 average pools, so the trunk sees the image at 17-32 px (cheap; at 64 px on MNIST-M"
+        " with 10 labels per class it matched 32 px where conv lost 8 points). conv: learned "
+        "stride-2 16-filter convs, for images whose fine detail matters and enough labels to "
+        "learn it. No effect at 32 px and below.",
+        group=MODEL,
+        metavar="pool|conv",
+        choices=STEMS,
     )
     init_weights: str | None = opt(
         None,
@@ -548,6 +561,8 @@ class TrainConfig:
         elif self.arch == "paper":
             idle.append(("batch_norm", "--arch paper, whose two CNNs have no BatchNorm"))
             idle.append(("style_encoder", "--arch paper, whose two CNNs each feed both heads"))
+        if self.arch == "paper":
+            idle.append(("stem", "--arch paper, whose CNNs end in pools of their own"))
         if self.augment == "none":
             idle += [(n, "--augment none") for n in AUGMENT_FIELDS]
         if self.n_labeled == "all":

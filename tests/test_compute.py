@@ -32,7 +32,7 @@ def test_precision_resolution(monkeypatch):
     assert compute.resolve_precision("fp32", CPU) == "fp32"
     expected = "bf16" if compute.native_bf16(CPU) else "fp32"
     assert compute.resolve_precision("auto", CPU) == expected
-    monkeypatch.setattr(compute, "native_bf16", lambda device: False)
+    monkeypatch.setattr(compute, "cpu_bf16_features", lambda cpuinfo=None: ())  # no native bf16
     assert compute.resolve_precision("auto", CPU) == "fp32"
     warnings: list[str] = []
     assert compute.resolve_precision("bf16", CPU, warnings.append) == "bf16"

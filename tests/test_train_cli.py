@@ -13,6 +13,7 @@ import yaml
 
 from jadecli.cli import app
 from jadecli.objective import TERMS
+from jadecli.run import SCHEMA_VERSION
 from tests.helpers import TINY, load_ckpt, make_mnist, make_svhn, tiny_synth_args
 
 
@@ -48,7 +49,7 @@ def test_train_writes_a_complete_run(trained_runs, model):
     assert ("auxiliary test accuracy (synth-hand)" in output) == (model != "single")
 
     m = read_manifest(out)
-    assert m["schema_version"] == 5
+    assert m["schema_version"] == SCHEMA_VERSION
     assert m["status"] == "completed"
     assert m["epochs_completed"] == 2
     assert m["config"]["model"] == model

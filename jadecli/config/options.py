@@ -44,6 +44,14 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def given(cfg: Any, name: str) -> str:
+    """How option `name`'s value is written on the command line: `--arch paper`, `--no-test`."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + name.replace("_", "-")
+    return f"{flag(name)} {value}"
+
+
 # --------------------------------------------------------------------------- declaring options
 
 

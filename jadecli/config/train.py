@@ -1,9 +1,8 @@
 """`jade train`'s configuration: `TrainConfig`, every field an option declared once.
 
 Its checks run when it is built: each field's rule (`options.check_fields`), the options a run
-cannot do without, and combinations in which an option would do nothing (an error naming both
-flags, e.g. `--batch-norm per-dataset` with `--arch paper`). A saved config (a run's manifest or
-checkpoint) is read back with `TrainConfig.from_dict`.
+cannot do without, and options that would do nothing beside the others (an error naming both
+flags, e.g. `--batch-norm per-dataset` with `--arch paper`). `from_dict` reads a saved config.
 
     python -c "from jadecli.config import TrainConfig as C; print(C(primary='mnist', \
 n_labeled=100, auxiliary='synth-hand'))"
@@ -31,7 +30,7 @@ from jadecli.config.options import (
     dataset_problem,
     device_problem,
     field_names,
-    flag,
+    given,
     opt,
     parse_log,
     parse_val,
@@ -51,9 +50,8 @@ DECODER_CONTENTS = ("mean", "sample")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("mean", "sum")
 SELECTIONS = ("last", "best-val")
-# Options only JADE uses (paired and single have no VAE), and options of the auxiliary dataset,
-# which a single classifier does not train on: one command line may compare the three models,
-# so those only get a warning (`unused_auxiliary_options`).
+# Options only JADE uses (paired and single have no VAE), and the auxiliary's, which --model
+# single does not train on (only a warning: one command line may compare the three models).
 JADE_ONLY = (
     "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
     "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
@@ -65,9 +63,9 @@ AUXILIARY_ONLY = (
 AUGMENT_FIELDS = ("aug_shift", "aug_rotate", "aug_scale", "aug_color")
 
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
-RESUME_OVERRIDABLE = frozenset(
+RESUME_OVERRIDABLE = frozenset(  # (experiment logs are views of the run, not what it computes)
     {"epochs", "device", "precision", "compile", "data_dir", "download", "eval_every", "test"}
-    | {"memory_budget", "log"}  # experiment logs are views of the run, not part of what it computes
+    | {"memory_budget", "log"}
 )
 
 
@@ -212,12 +210,10 @@ class TrainConfig:
     )
     stem: str = opt(
         "pool",
-        "--arch shared, images over 32 px: what comes before the conv 32-64-128 trunk, one "
-        "stage per halving above 32 px (--arch resnet18: what its JADE decoders mirror). pool: "
-        "2x2 average pools, so the trunk sees the image at 17-32 px (cheap; at 64 px on MNIST-M"
-        " with 10 labels per class it matched 32 px where conv lost 8 points). conv: learned "
-        "stride-2 16-filter convs, for images whose fine detail matters and enough labels to "
-        "learn it. No effect at 32 px and below.",
+        "--arch shared, images over 32 px: one stage per halving above 32 px before the conv "
+        "32-64-128 trunk (--arch resnet18: what its JADE decoders mirror). pool: 2x2 average "
+        "pools (the trunk sees 17-32 px). conv: learned stride-2 16-filter convs, for fine "
+        "detail.",
         group=MODEL,
         metavar="pool|conv",
         choices=STEMS,
@@ -602,11 +598,3 @@ class TrainConfig:
 def _defaults() -> dict[str, Any]:
     """Every TrainConfig field's default."""
     return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-
-
-def given(cfg: Any, name: str) -> str:
-    """How option `name`'s value is written on the command line: `--arch paper`, `--no-test`."""
-    value = getattr(cfg, name)
-    if isinstance(value, bool):
-        return flag(name) if value else "--no-" + name.replace("_", "-")
-    return f"{flag(name)} {value}"

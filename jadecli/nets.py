@@ -47,10 +47,12 @@ SHARED_CNN = ((32, True), (64, True), (128, True))
 #   detail it can add.
 # - conv: a stride-2 conv of STEM_FILTERS (a decoder: a conv at the lower resolution, then a pixel
 #   shuffle), for images whose detail below 1/32 of their side matters.
-# Neither runs a layer at the full resolution, so a 128 px image costs ~1-2x a 32 px one, not 16x.
+# Neither runs a layer at the full resolution, so the trunk costs about what it costs at 32 px
+# (a whole 128 px JADE run took ~4x a 32 px one: augmentation, decoder output and loss at size).
 STEM_FILTERS = 16
-STRIDE = "stride"  # a layer's downsampling: True = 2x2 max-pool after, STRIDE = stride-2 conv,
-AVG = "avg"  # AVG = a 2x2 average pool (with no conv: filters None)
+# A layer's downsampling: True = a 2x2 max-pool after its conv, STRIDE = a stride-2 conv, AVG = a
+# 2x2 average pool (with no conv: filters None).
+STRIDE, AVG = "stride", "avg"
 # Every trunk ends on a feature map of at most MAP_SIDE x MAP_SIDE, whatever the input size, so
 # the heads (and the decoders' first dense layer) keep the size they have for digits.
 MAP_SIDE = 4

@@ -18,7 +18,7 @@ from, a pixel shuffle for each stride-2 stage) and output logits (the sigmoid li
 in its numerically stable form).
 
     python -c "from jadecli.nets import Encoder, shared_layers; print(Encoder((3, 64, 64), \
-shared_layers((3, 64, 64)), norm=True))"
+shared_layers((3, 64, 64), "pool"), norm=True))"
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def halvings(side: int) -> int:
 Layers = tuple[tuple[int | None, bool | str], ...]
 
 
-def shared_layers(shape: tuple[int, int, int], stem: str = "pool") -> Layers:
+def shared_layers(shape: tuple[int, int, int], stem: str) -> Layers:
     """The conv stack of `--arch shared` for images of `shape`: always conv 32-64-128, with as
     many 2x2 pools as take the image to <= 4x4 (8 px: one; 32 px: three); larger images get
     stages in front (64 px: one; 128 px: two; 224 px: three), 2x2 average pools (`stem` pool) or
@@ -87,7 +87,7 @@ def shared_layers(shape: tuple[int, int, int], stem: str = "pool") -> Layers:
     return (stage,) * front + body
 
 
-def style_layers(shape: tuple[int, int, int], stem: str = "pool") -> Layers:
+def style_layers(shape: tuple[int, int, int], stem: str) -> Layers:
     """The conv stack of a JADE style encoder (`--style-encoder own`): the shared trunk's plan
     for this size at half its widths (16-32-64 at digit sizes; 8-filter stride-2 stems)."""
     return tuple((None if f is None else f // 2, p) for f, p in shared_layers(shape, stem))
@@ -209,9 +209,7 @@ class ResNetTrunk(Trunk):
     32 px image 1x1. The final map (4x4 to 8x8) is average-pooled to at most 4x4. Its decoder
     (JADE) is the `--arch shared` conv stack of the same size and `--stem`, mirrored."""
 
-    def __init__(
-        self, in_shape: tuple[int, int, int], roles: tuple[str, ...] = (), stem: str = "pool"
-    ):
+    def __init__(self, in_shape: tuple[int, int, int], roles: tuple[str, ...], stem: str):
         super().__init__()
         from torchvision.models import resnet18
 

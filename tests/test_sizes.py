@@ -10,6 +10,7 @@ allocated.
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_the_shared_trunk_adds_cheap_stages_for_large_images_and_keeps_digit_siz
         assert [p for _, p in shared_layers((1, 8, 8), stem)] == [True, False, False]
         assert len(shared_layers((3, 224, 224), stem)) == 6
     # the default: average pools take a 128 px image to 32 px before the digit trunk
-    assert shared_layers((3, 128, 128)) == ((None, AVG), (None, AVG), *SHARED_CNN)
+    default = next(f.default for f in fields(TrainConfig) if f.name == "stem")
+    assert shared_layers((3, 128, 128), default) == ((None, AVG), (None, AVG), *SHARED_CNN)
     assert shared_layers((3, 128, 128), "conv") == ((16, STRIDE), (16, STRIDE), *SHARED_CNN)
 
 

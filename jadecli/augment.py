@@ -54,6 +54,26 @@ def augment(x: torch.Tensor, aug: Augment) -> torch.Tensor:
     return out.clamp(0.0, 1.0).contiguous(memory_format=_layout(x))  # never x itself, in place
 
 
+# FixMatch's strong view of an unlabeled image (--unlabeled): the same kinds of warp and jitter
+# as the default augmentation at two to three times its strength, then a cut-out square.
+STRONG = Augment(shift=0.2, rotate=30.0, scale=0.25, color=0.6)
+CUTOUT = 0.5  # the cut-out square's side is at most this fraction of the image side
+
+
+def strong_augment(x: torch.Tensor) -> torch.Tensor:
+    """A strongly augmented copy of a float batch in [0, 1]: `STRONG`, then a random square of
+    up to half the image side filled with mid-grey in every image (cut-out)."""
+    out = augment(x, STRONG)  # (B, C, H, W)
+    b, _, h, w = out.shape
+    dev = out.device
+    side = (torch.rand(b, 1, 1, device=dev) * CUTOUT * min(h, w)).clamp_min(1)  # (B, 1, 1)
+    cy, cx = torch.rand(b, 1, 1, device=dev) * h, torch.rand(b, 1, 1, device=dev) * w
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    hole = ((rows - cy).abs() <= side / 2) & ((cols - cx).abs() <= side / 2)  # (B, H, W)
+    return out.masked_fill(hole[:, None], 0.5)
+
+
 def _colour_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     b = x.shape[0]
 

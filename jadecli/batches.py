@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from jadecli.augment import Augment, augment, style_mix
+from jadecli.augment import Augment, augment, strong_augment, style_mix
 from jadecli.compute import to_input
 from jadecli.config import TrainConfig
 from jadecli.data.pair import TrainData
 from jadecli.data.sampling import IndexStream, PairSampler
+from jadecli.data.unlabeled import UnlabeledStream
 from jadecli.distributed import Dist, share
 
 
@@ -39,6 +40,8 @@ class Batch:
     x_primary: torch.Tensor  # (B, C, H, W)
     y: torch.Tensor  # (B,) the class of both
     weight: float  # this rank's share of the global batch x the world size (1: one process)
+    # --unlabeled: U unlabeled primary images, lightly then strongly augmented (2U, C, H, W)
+    x_unl: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -71,19 +74,36 @@ class Batches:
             self.sampler = IndexStream(n, self.epoch_size, cfg.seed, "labeled")
         self.unit = "pairs" if self.aux_x is not None else "images"
         self.steps_per_epoch = math.ceil(self.epoch_size / cfg.batch_size)
+        # --unlabeled: `unlabeled_ratio` unlabeled images per labeled one, in every step
+        self.unlabeled = None
+        if data.unlabeled is not None:
+            self.unlabeled = UnlabeledStream(data.unlabeled, cfg.seed)
 
     def epoch(self, epoch: int) -> Iterator[tuple[int, Batch]]:
         """(step, batch) of epoch `epoch` (0-based), this rank's share of each. Under torchrun a
         last step with fewer pairs than ranks is skipped (its step number with it)."""
         order = self._order(epoch)
-        b, d = self.cfg.batch_size, self.dist
+        b, d, r = self.cfg.batch_size, self.dist, self.cfg.unlabeled_ratio
+        plan = []  # (step, this rank's indices, its weight, its unlabeled indices)
+        unl = None if self.unlabeled is None else self.unlabeled.order(epoch, r * self.epoch_size)
         for step in range(self.steps_per_epoch):
             lo, hi = step * b, min((step + 1) * b, self.epoch_size)
             if hi - lo < d.world_size:
                 continue
             s_lo, s_hi = share(hi - lo, d)
             weight = (s_hi - s_lo) * d.world_size / (hi - lo)
-            yield step, self._batch(tuple(o[lo + s_lo : lo + s_hi] for o in order), weight)
+            u = None if unl is None else unl[r * (lo + s_lo) : r * (lo + s_hi)]
+            plan.append((step, tuple(o[lo + s_lo : lo + s_hi] for o in order), weight, u))
+        if self.unlabeled is None:
+            for step, idx, weight, _ in plan:
+                yield step, self._batch(idx, weight)
+            return
+        # the unlabeled images of every step, decoded ahead where they are streamed
+        images = self.unlabeled.epoch(epoch, [u for *_, u in plan if u is not None])
+        for (step, idx, weight, _), x_unl in zip(plan, images, strict=True):
+            batch = self._batch(idx, weight)
+            batch.x_unl = self._unlabeled(x_unl)
+            yield step, batch
 
     def _order(self, epoch: int) -> tuple[torch.Tensor, ...]:
         """The epoch's indices: (auxiliary, primary) pairs, or primary images alone."""
@@ -107,6 +127,14 @@ class Batches:
         if self.cfg.style_mix:  # some auxiliary images in the primary's style
             xa = style_mix(xa, self.lab_x, self.cfg.style_mix)
         return Batch(xa, xp, y, weight)
+
+    def _unlabeled(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (U, C, H, W) -> [weak; strong] float views (2U, C, H, W) on the device: the
+        weak one augmented as the labeled primary images are, the strong one by
+        `augment.strong_augment` (FixMatch's two views)."""
+        x = to_input(images, self.device)  # (U, C, H, W)
+        weak = augment(x, self.aug) if self.cfg.augment != "none" else x
+        return torch.cat([weak, strong_augment(x)])
 
     def _gather(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] on the device, in the model's layout, from 8-bit ones."""

@@ -109,6 +109,8 @@ def datasets(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
             "per_class": data.val.class_counts(data.primary.num_classes),
             "select": cfg.select,
         }
+    if data.unlabeled is not None:  # --unlabeled: each source, its image count, its files' hash
+        primary["unlabeled"] = data.unlabeled.describe()
     out = {"primary": primary}
     if data.auxiliary is not None and data.aux_train is not None:
         aux = dict(data.described["auxiliary"])

@@ -124,9 +124,11 @@ class RoleModel(nn.Module):
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
         request: StepRequest = PLAIN_STEP,
+        x_unl: torch.Tensor | None = None,
     ) -> StepOutput:
         """The outputs of one training step over a batch of pairs, with what `request` asks
-        beyond the logits (JADE's options; the classifiers ignore it)."""
+        beyond the logits (JADE's options; the classifiers ignore it); `x_unl` (2U, C, H, W):
+        unlabeled primary images, weak views then strong ones (--unlabeled)."""
         raise NotImplementedError
 
     def evaluate_batch(self, role: str, x: torch.Tensor, generator: torch.Generator) -> TestOutput:
@@ -160,8 +162,20 @@ class SingleClassifier(RoleModel):
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
         request: StepRequest = PLAIN_STEP,
+        x_unl: torch.Tensor | None = None,
     ) -> StepOutput:
-        return StepOutput(self.classify(PRIMARY, x_primary), None)
+        logits, logits_unl = self.classify_with_unlabeled(x_primary, x_unl)
+        return StepOutput(logits, None, logits_unlabeled=logits_unl)
+
+    def classify_with_unlabeled(
+        self, x_primary: torch.Tensor, x_unl: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Primary logits (B, K) and those of the unlabeled views (2U, K; None without), from
+        one pass: BatchNorm normalises labeled and unlabeled images together."""
+        if x_unl is None:
+            return self.classify(PRIMARY, x_primary), None
+        logits = self.classify(PRIMARY, torch.cat([x_primary, x_unl]))  # (B + 2U, K)
+        return logits[: len(x_primary)], logits[len(x_primary) :]
 
 
 class PairedClassifier(SingleClassifier):
@@ -187,10 +201,12 @@ class PairedClassifier(SingleClassifier):
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
         request: StepRequest = PLAIN_STEP,
+        x_unl: torch.Tensor | None = None,
     ) -> StepOutput:
         assert x_aux is not None
         logits_aux = self.classify(AUXILIARY, x_aux)  # auxiliary first: BatchNorm's order
-        return StepOutput(self.classify(PRIMARY, x_primary), logits_aux)
+        logits, logits_unl = self.classify_with_unlabeled(x_primary, x_unl)
+        return StepOutput(logits, logits_aux, logits_unlabeled=logits_unl)
 
 
 class JADE(RoleModel):
@@ -234,8 +250,14 @@ class JADE(RoleModel):
         x_aux: torch.Tensor,
         x_primary: torch.Tensor,
         request: StepRequest = PLAIN_STEP,
+        x_unl: torch.Tensor | None = None,
     ) -> JADEOutput:
-        qa, qp = self.aux_encoder(x_aux), self.primary_encoder(x_primary)
+        qa = self.aux_encoder(x_aux)
+        if x_unl is None:
+            qp, qu = self.primary_encoder(x_primary), None
+        else:  # one primary pass: BatchNorm normalises labeled and unlabeled images together
+            q_all = self.primary_encoder(torch.cat([x_primary, x_unl]))  # B + 2U rows
+            qp, qu = q_all.rows(0, len(x_primary)), q_all.rows(len(x_primary))
         za_s, za_c = reparameterize(qa.mu_s, qa.logvar_s), reparameterize(qa.mu_c, qa.logvar_c)
         zp_s, zp_c = reparameterize(qp.mu_s, qp.logvar_s), reparameterize(qp.mu_c, qp.logvar_c)
         # the decoders' content: the samples, or (--decoder-content mean) the posterior means
@@ -256,7 +278,7 @@ class JADE(RoleModel):
             swap_logits, swap_index = self.judge_swaps(
                 za_s.detach(), zp_s.detach(), torch.cat([da_c, dp_c]).detach()
             )
-        return JADEOutput(
+        out = JADEOutput(
             q_aux=qa,
             q_primary=qp,
             recon_aux=self.aux_decoder(torch.cat([za_s, da_c], 1)),  # decoder sees [z_s, z_c]
@@ -270,6 +292,22 @@ class JADE(RoleModel):
             swap_logits=swap_logits,
             swap_index=swap_index,
         )
+        if qu is not None:
+            self.unlabeled_outputs(out, qu, request)
+        return out
+
+    def unlabeled_outputs(self, out: JADEOutput, qu: Posterior, request: StepRequest) -> None:
+        """--unlabeled: the classifier's logits of both views (from the content means, as it
+        predicts) and, with the unlabeled ELBO, the weak views' posterior and reconstruction."""
+        out.logits_unlabeled = self.classifier(qu.mu_c)  # (2U, K)
+        if not request.unlabeled_elbo:
+            return
+        q = qu.rows(0, len(qu.mu_c) // 2)  # the weak views (U rows)
+        z_s, z_c = reparameterize(q.mu_s, q.logvar_s), reparameterize(q.mu_c, q.logvar_c)
+        d_c = q.mu_c if self.spec.decoder_content == "mean" else z_c
+        d_c = d_c if request.content_grad else d_c.detach()
+        out.q_unlabeled = q
+        out.recon_unlabeled = self.primary_decoder(torch.cat([z_s, d_c], 1))  # (U, C, H, W)
 
     def judge_swaps(
         self, z_s_aux: torch.Tensor, z_s_primary: torch.Tensor, contents: torch.Tensor
@@ -306,9 +344,10 @@ class JADE(RoleModel):
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
         request: StepRequest = PLAIN_STEP,
+        x_unl: torch.Tensor | None = None,
     ) -> StepOutput:
         assert x_aux is not None
-        return self(x_aux, x_primary, request)
+        return self(x_aux, x_primary, request, x_unl)
 
     # Prediction uses the posterior mean of the content latents.
     def classify(self, role: str, x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,19 @@ BatchNorm's running statistics, no dropout) to classify each drawing as j's clas
 decoders learn from it (the codes are detached): a decoder that reads the class from style,
 where the trunk's features put it, draws the wrong digit in a swap.
 
+With `--unlabeled`, each step also holds U unlabeled primary images in a weak and a strong
+view, and the loss gains (`unlabeled_terms`; each a sum over the U images divided by U):
+
+      + w_cons  *  CE(k, f(x_strong)) where p(k|x_weak) >= --confidence   (every model)
+      + w_rec   *  BCE(x_weak, dec_P(z_weak)) / D_P                         (JADE, as below)
+      + w_kl_s  *  KL(q(z_s|x_weak) || N(0,I)) / d_s
+      + w_match *  KL(q(z_c|x_weak) || r_k) / d_c    where confident; r_k: the batch's class-k
+                                                     auxiliary posteriors averaged, detached
+
+k being the model's own (detached) prediction of the weak view: FixMatch's consistency, and
+JADE's pairing with a pseudo-label standing in for the label. Without `--unlabeled` none of
+these terms is computed, and training is what it was.
+
 The KL of two diagonal Gaussians uses the correct closed form (the authors' code had
 `(logvar_A - mu_P)^2` in place of `(mu_A - mu_P)^2`).
 
@@ -70,9 +83,12 @@ from jadecli.spec import ModelSpec
 # The style critic's terms (--style-adversary-weight), computed only for a model that has one
 CRITIC_TERMS = ("style_critic", "style_confusion")
 # Every term of each model's objective, in the order of metrics.csv and divergence messages.
+# --unlabeled's terms (0 without it): FixMatch's consistency for every model, and JADE's ELBO of
+# the unlabeled primary images
+UNLABELED_TERMS = ("recon_unlabeled", "kl_style_unlabeled", "kl_match_unlabeled", "consistency")
 TERMS = {
-    "single": ("ce_primary",),
-    "paired": ("ce_aux", "ce_primary"),
+    "single": ("ce_primary", "consistency"),
+    "paired": ("ce_aux", "ce_primary", "consistency"),
     "jade": (
         "recon_aux",
         "recon_primary",
@@ -85,6 +101,7 @@ TERMS = {
         "ce_primary",
         *CRITIC_TERMS,
         "swap_class",
+        *UNLABELED_TERMS,
     ),
 }
 
@@ -100,10 +117,16 @@ class Objective:
         self.weights = term_weights(cfg, spec)
         # a term at weight 0 is not computed at all (the separation term is a B x B matrix)
         self.terms = tuple(t for t in TERMS[spec.kind] if self.weights[t] != 0)
+        self.confidence = cfg.confidence  # --unlabeled: what a pseudo-label needs
 
     @property
     def wants_mean_logits(self) -> bool:
         return self.ce_on_mean
+
+    @property
+    def wants_unlabeled_elbo(self) -> bool:
+        """Whether JADE must reconstruct its unlabeled images (--unlabeled-elbo)."""
+        return "recon_unlabeled" in self.terms
 
     @property
     def wants_swaps(self) -> bool:
@@ -116,12 +139,15 @@ class Objective:
         x_aux: torch.Tensor | None,
         x_primary: torch.Tensor,
         y: torch.Tensor,
+        x_unl: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(out, JADEOutput):
             assert x_aux is not None
             terms = jade_terms(out, x_aux, x_primary, y, self.terms)
         else:
             terms = classifier_terms(out.logits_aux, out.logits_primary, y, self.terms)
+        if x_unl is not None:
+            terms.update(unlabeled_terms(out, x_unl, y, self.confidence, self.terms))
         total = sum(self.weights[name] * value for name, value in terms.items())
         assert isinstance(total, torch.Tensor)
         return total, terms
@@ -148,7 +174,16 @@ def term_weights(cfg: TrainConfig, spec: ModelSpec) -> dict[str, float]:
         "style_critic": cfg.style_adversary_weight,
         "style_confusion": cfg.style_adversary_weight,
         "swap_class": cfg.swap_weight,
+        # --unlabeled: the unlabeled images' ELBO at the labeled primary images' weights
+        "recon_unlabeled": cfg.recon_weight * primary,
+        "kl_style_unlabeled": style_kl * style,
+        "kl_match_unlabeled": cfg.match_weight * content,
+        "consistency": cfg.consistency_weight,
     }
+    for name in UNLABELED_TERMS:  # nothing unlabeled, or (JADE) --no-unlabeled-elbo
+        elbo = name != "consistency" and not cfg.unlabeled_elbo
+        if not cfg.unlabeled or elbo:
+            weights[name] = 0.0
     return {t: weights[t] for t in TERMS[spec.kind]}
 
 
@@ -249,7 +284,7 @@ def jade_terms(
     # forward pass that drew swaps
     drawn = {"swap_class": out.swap_logits is not None}
     drawn.update({n: out.critic_logits is not None for n in CRITIC_TERMS})
-    wanted = [n for n in wanted if drawn.get(n, True)]
+    wanted = [n for n in wanted if n in compute and drawn.get(n, True)]
     terms = {name: compute[name]() for name in TERMS["jade"] if name in wanted}
     # --ce-on-mean: each cross-entropy is the average of those on samples and on means
     for name, mean_logits in (
@@ -258,6 +293,56 @@ def jade_terms(
     ):
         if mean_logits is not None and name in terms:
             terms[name] = 0.5 * (terms[name] + F.cross_entropy(mean_logits.float(), y))
+    return terms
+
+
+def unlabeled_terms(
+    out: StepOutput,
+    x_unl: torch.Tensor,
+    y: torch.Tensor,
+    confidence: float,
+    wanted: Collection[str] = UNLABELED_TERMS,
+) -> dict[str, torch.Tensor]:
+    """--unlabeled's terms over U unlabeled images (x_unl: weak views, then strong), each a sum
+    over the images divided by U (FixMatch's normalisation: an image below the confidence
+    threshold counts as 0), in fp32:
+
+        consistency        = CE(k, f(x_strong)) if max p(.|x_weak) >= confidence, k its argmax
+        recon_unlabeled    = BCE(x_weak, dec_P(z_weak))
+        kl_style_unlabeled = KL(q(z_s|x_weak) || N(0, I))
+        kl_match_unlabeled = KL(q(z_c|x_weak) || r_k) where confident and class k is in the
+                             batch; r_k the mean of the batch's class-k auxiliary posteriors
+                             (means and variances averaged), detached
+
+    The pseudo-label k comes from the model's own prediction of the weak view, detached."""
+    assert out.logits_unlabeled is not None, "the model drew no unlabeled logits"
+    u = x_unl.shape[0] // 2
+    n = max(u, 1)
+    logits = out.logits_unlabeled.float()  # (2U, K)
+    conf, pseudo = logits[:u].detach().softmax(1).max(1)  # (U,)
+    sure = (conf >= confidence).float()
+    terms: dict[str, torch.Tensor] = {}
+    if isinstance(out, JADEOutput) and out.q_unlabeled is not None:
+        q, qa = out.q_unlabeled.float(), out.q_aux.float()
+        assert out.recon_unlabeled is not None
+        if "recon_unlabeled" in wanted:
+            terms["recon_unlabeled"] = (
+                reconstruction_bce(out.recon_unlabeled.float(), x_unl[:u]).sum() / n
+            )
+        if "kl_style_unlabeled" in wanted:
+            terms["kl_style_unlabeled"] = kl_standard_normal(q.mu_s, q.logvar_s).sum() / n
+        if "kl_match_unlabeled" in wanted:
+            one_hot = F.one_hot(y, logits.shape[1]).float()  # (B, K) the auxiliary's classes
+            count = one_hot.sum(0)  # (K,)
+            mu_k = (one_hot.T @ qa.mu_c.detach()) / count.clamp_min(1)[:, None]  # (K, d_c)
+            var_k = (one_hot.T @ qa.logvar_c.detach().exp()) / count.clamp_min(1)[:, None]
+            lv_k = var_k.clamp_min(1e-12).log()
+            kl = kl_normal(q.mu_c, q.logvar_c, mu_k[pseudo], lv_k[pseudo])  # (U,)
+            present = (count[pseudo] > 0).float()
+            terms["kl_match_unlabeled"] = (kl * sure * present).sum() / n
+    if "consistency" in wanted:
+        ce = F.cross_entropy(logits[u:], pseudo, reduction="none")  # (U,)
+        terms["consistency"] = (ce * sure).sum() / n
     return terms
 
 

@@ -6,7 +6,7 @@ They live here, apart from both `jadecli.model` (which fills them) and `jadecli.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,12 @@ class Posterior:
     logvar_s: torch.Tensor
     mu_c: torch.Tensor  # (B, content_dim)
     logvar_c: torch.Tensor
+
+    def rows(self, lo: int, hi: int | None = None) -> Posterior:
+        """Rows lo..hi of every part (a batch's share of a joint encoder pass)."""
+        return Posterior(
+            self.mu_s[lo:hi], self.logvar_s[lo:hi], self.mu_c[lo:hi], self.logvar_c[lo:hi]
+        )
 
     def float(self) -> Posterior:
         """The same posterior in fp32 (a no-op for fp32 tensors; bf16 forward passes)."""
@@ -36,6 +42,7 @@ class StepRequest:
     swaps: bool = False  # JADE: draw and judge swaps (--swap-weight)
     content_grad: bool = True  # JADE: False stops the reconstruction's gradient at content
     # codes (--no-decoder-content-grad)
+    unlabeled_elbo: bool = False  # JADE, --unlabeled: reconstruct the unlabeled images too
 
 
 PLAIN_STEP = StepRequest()  # the logits and what the paper's objective needs, nothing more
@@ -47,6 +54,8 @@ class StepOutput:
 
     logits_primary: torch.Tensor  # (B, K)
     logits_aux: torch.Tensor | None  # (B, K); None for a single classifier
+    # --unlabeled: logits (2U, K) of the unlabeled images' weak then strong views
+    logits_unlabeled: torch.Tensor | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -67,6 +76,10 @@ class JADEOutput(StepOutput):
     # batch's styles with contents `swap_index` (2B,) of the pool [auxiliary; primary] batch
     swap_logits: torch.Tensor | None = None
     swap_index: torch.Tensor | None = None
+    # --unlabeled: the posterior of the weak views (U rows) and, with the unlabeled ELBO, their
+    # reconstruction logits (U, C_p, H_p, W_p)
+    q_unlabeled: Posterior | None = None
+    recon_unlabeled: torch.Tensor | None = None
 
 
 @dataclass

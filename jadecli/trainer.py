@@ -58,8 +58,8 @@ def train_one_epoch(t: Trainer, epoch: int, reporter: Reporter) -> dict[str, Any
         # forward in the run's precision (bf16 autocast: convs and matmuls only); the objective
         # computes every term from fp32 casts of the outputs
         with autocast(t.device, t.precision):
-            out: StepOutput = t.step_module(b.x_aux, b.x_primary)
-        total, terms = t.objective(out, b.x_aux, b.x_primary, b.y)
+            out: StepOutput = t.step_module(b.x_aux, b.x_primary, b.x_unl)
+        total, terms = t.objective(out, b.x_aux, b.x_primary, b.y, b.x_unl)
         t.optimizer.zero_grad(set_to_none=True)
         scaled(total, b.weight, t.dist).backward()  # DDP's mean over ranks = the whole batch's
         grad_norm = torch.nn.utils.clip_grad_norm_(t.params, t.max_norm)
@@ -86,8 +86,13 @@ class _TrainStep(nn.Module):
         super().__init__()
         self.model, self.request = model, request
 
-    def forward(self, x_aux: torch.Tensor | None, x_primary: torch.Tensor) -> StepOutput:
-        return self.model.forward_train(x_aux, x_primary, self.request)
+    def forward(
+        self,
+        x_aux: torch.Tensor | None,
+        x_primary: torch.Tensor,
+        x_unl: torch.Tensor | None = None,
+    ) -> StepOutput:
+        return self.model.forward_train(x_aux, x_primary, self.request, x_unl)
 
 
 class Trainer:
@@ -120,6 +125,7 @@ class Trainer:
             mean_logits=self.objective.wants_mean_logits,
             swaps=self.objective.wants_swaps,
             content_grad=cfg.decoder_content_grad,
+            unlabeled_elbo=self.objective.wants_unlabeled_elbo,
         )
         self.batches = Batches(cfg, data, device, self.dist)
         self.steps_per_epoch = self.batches.steps_per_epoch

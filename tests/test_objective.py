@@ -21,7 +21,7 @@ from jadecli.cli import app
 from jadecli.config import TrainConfig
 from jadecli.data.pair import training_data
 from jadecli.model import build_model
-from jadecli.objective import TERMS, Objective, jade_terms
+from jadecli.objective import TERMS, UNLABELED_TERMS, Objective, jade_terms, unlabeled_terms
 from jadecli.outputs import JADEOutput, Posterior, StepOutput, StepRequest
 from jadecli.progress import NullReporter
 from jadecli.spec import AUXILIARY, PRIMARY, ModelSpec
@@ -204,7 +204,12 @@ def expected_weights(
         "style_confusion": w["style_adversary"],
         "swap_class": w["swap"],
     }
-    return {name: every[name] for name in TERMS[kind]}
+    return {name: every[name] for name in labeled_terms(kind)}
+
+
+def labeled_terms(kind: str) -> tuple[str, ...]:
+    """The terms of a run without --unlabeled."""
+    return tuple(t for t in TERMS[kind] if t not in UNLABELED_TERMS)
 
 
 def weighted(weights: dict[str, float], reference: dict[str, float]) -> float:
@@ -239,7 +244,7 @@ def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
     x_aux = None if kind == "single" else b["x_aux"]
     objective = objective_for(kind, loss_scale)
     total, terms = objective(step_output(kind, b), x_aux, b["x_primary"], b["y"])
-    assert tuple(terms) == objective.terms == TERMS[kind]  # no weight is 0 here
+    assert tuple(terms) == objective.terms == labeled_terms(kind)  # no weight is 0 here
     reference = reference_terms(b)
     for name, value in terms.items():
         assert value.dtype == torch.float32 and value.shape == ()
@@ -252,6 +257,54 @@ def test_every_term_has_its_value_weight_sign_and_scale(kind, loss_scale):
     got = {name: float(g) for name, g in zip(terms, grads, strict=True)}
     assert got == pytest.approx(want, rel=1e-6)
     assert float(total.detach()) == pytest.approx(weighted(want, reference), rel=1e-5)
+
+
+def test_unlabeled_terms_against_a_float64_reference():
+    """--unlabeled: U = 4 images; the weak views' logits make images 0 and 2 confident (> 0.95)
+    of classes 3 and 1, image 1 unsure, image 3 confident of class 2, which no auxiliary image
+    of the batch has (y = 0, 3, 1): it gets consistency but no matching."""
+    b = hand_built_batch()
+    rng = np.random.default_rng(7)
+    u = 4
+    weak = torch.tensor(
+        [[0, 0, 0, 9.0], [0.1, 0.2, 0, 0], [0, 8.0, 0, 0], [0, 0, 7.0, 0]], requires_grad=True
+    )
+    strong = leaf(rng, u, K, scale=2)
+    q_unl = Posterior(
+        leaf(rng, u, S), leaf(rng, u, S, scale=0.5), leaf(rng, u, C), leaf(rng, u, C, scale=0.5)
+    )
+    x_unl = torch.tensor(rng.uniform(size=(2 * u, *PRIMARY_SHAPE)), dtype=torch.float32)
+    out = step_output("jade", b)
+    assert isinstance(out, JADEOutput)
+    out.logits_unlabeled = torch.cat([weak, strong])
+    out.q_unlabeled = q_unl
+    out.recon_unlabeled = leaf(rng, u, *PRIMARY_SHAPE, scale=2)
+    terms = unlabeled_terms(out, x_unl, b["y"], 0.95)
+    value = {k: float(v.detach()) for k, v in terms.items()}
+    sure, pseudo = np.array([1, 0, 1, 1.0]), np.array([3, 0, 1, 2])
+    z = f64(strong)
+    log_p = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
+    want_cons = float(np.sum(-log_p[np.arange(u), pseudo] * sure) / u)
+    assert value["consistency"] == pytest.approx(want_cons, rel=1e-5)
+    # targets: the batch's auxiliary posterior of the pseudo-label's class (one image each)
+    qa = b["q_aux"]
+    kl = 0.0
+    for i, aux_row in ((0, 1), (2, 2)):  # class 3 is aux row 1, class 1 aux row 2
+        kl += kl_gauss(
+            (q_unl.mu_c[i : i + 1], q_unl.logvar_c[i : i + 1]),
+            (qa.mu_c[aux_row : aux_row + 1], qa.logvar_c[aux_row : aux_row + 1]),
+        )
+    assert value["kl_match_unlabeled"] == pytest.approx(kl / u, rel=1e-5)
+    want_recon = bce(out.recon_unlabeled, x_unl[:u])  # a mean over the weak views
+    assert value["recon_unlabeled"] == pytest.approx(want_recon, rel=1e-5)
+    assert value["kl_style_unlabeled"] == pytest.approx(
+        kl_prior(q_unl.mu_s, q_unl.logvar_s), rel=1e-5
+    )
+    # the pseudo-labels and the matching targets carry no gradient
+    g_weak, g_qa = torch.autograd.grad(
+        terms["consistency"] + terms["kl_match_unlabeled"], [weak, qa.mu_c], allow_unused=True
+    )
+    assert g_qa is None and not g_weak.any()
 
 
 def test_the_matching_kl_is_primary_given_auxiliary_and_trains_both_encoders():
@@ -418,8 +471,8 @@ def test_a_term_at_weight_0_is_not_computed_nor_listed(monkeypatch):
     b = hand_built_batch()
     _, terms = objective(step_output("jade", b), b["x_aux"], b["x_primary"], b["y"])
     # nor are the style critic's (--style-adversary-weight 0 by default), nor the swap term's
-    # at --swap-weight 0
-    off = {"separation", "style_critic", "style_confusion", "swap_class"}
+    # at --swap-weight 0, nor --unlabeled's without unlabeled images
+    off = {"separation", "style_critic", "style_confusion", "swap_class", *UNLABELED_TERMS}
     assert set(terms) == set(TERMS["jade"]) - off
     assert not objective.wants_swaps
     paired = objective_for("paired", aux_ce_weight=0.0)

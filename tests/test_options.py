@@ -77,6 +77,8 @@ SAMPLE = {
     "auxiliary_size": 24,
     "primary_pad": 2,
     "auxiliary_pad": 3,
+    "unlabeled": "rest,folder:/data/unlabeled",
+    "unlabeled_ratio": 2,
     "model": "jade",  # the default, but the one model every option means something to
     "arch": "resnet18",
     "batch_norm": "per-dataset",
@@ -106,6 +108,9 @@ SAMPLE = {
     "decoder_content_grad": True,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,
+    "consistency_weight": 0.5,
+    "confidence": 0.8,
+    "unlabeled_elbo": False,
     "epochs": 3,
     "epoch_size": "all",
     "batch_size": 32,

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from jadecli.cli import app
-from jadecli.objective import TERMS
+from jadecli.objective import TERMS, UNLABELED_TERMS
 from jadecli.run import SCHEMA_VERSION
 from tests.helpers import TINY, load_ckpt, make_mnist, make_svhn, tiny_synth_args
 
@@ -91,6 +91,8 @@ def test_train_writes_a_complete_run(trained_runs, model):
         "style_critic": 0.0,
         "style_confusion": 0.0,
         "swap_class": 1.0,  # on by default (a cross-entropy: per image)
+        # --unlabeled's terms: not computed without unlabeled images
+        **dict.fromkeys(UNLABELED_TERMS, 0.0),
     }
     for row in rows:
         # a term at weight 0 (separation, by default) is neither computed nor a column

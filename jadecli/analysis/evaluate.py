@@ -37,6 +37,7 @@ from jadecli.analysis.common import (
 )
 from jadecli.compute import to_input
 from jadecli.config import ConfigError, EvaluateConfig
+from jadecli.config.data_options import unlabeled_sources
 from jadecli.data.core import ImageSet
 from jadecli.data.sampling import derive_seed
 from jadecli.objective import elbo_terms, kl_normal
@@ -56,6 +57,11 @@ class EvaluateResult:
 def evaluate(cfg: EvaluateConfig, reporter: Reporter) -> EvaluateResult:
     """Evaluate RUN's checkpoint on one split of its datasets; write the files; record it."""
     loaded = open_run(cfg, reporter)
+    if cfg.split == "train-unlabeled" and "rest" in unlabeled_sources(loaded.cfg.unlabeled):
+        reporter.warn(
+            "--split train-unlabeled: this run trained on these images without their labels "
+            "(--unlabeled rest), so this is not a held-out score; hold out --val for one"
+        )
     t0 = time.perf_counter()
     roles: dict[str, dict[str, Any] | None] = {}
     codes: dict[str, tuple[ImageSet, dict[str, torch.Tensor]]] = {}

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from jadecli.config.data_options import DataOptions
 from jadecli.config.options import (
     AUG,
-    DATA,
     FRACTION,
-    IMAGE_SIDE,
     MODEL,
     NON_NEGATIVE,
     OBJ,
@@ -27,14 +26,11 @@ from jadecli.config.options import (
     ConfigError,
     Range,
     check_fields,
-    dataset_problem,
     device_problem,
     field_names,
     given,
     opt,
     parse_log,
-    parse_val,
-    val_problem,
 )
 from jadecli.errors import UsageError
 from jadecli.spec import STEMS
@@ -42,21 +38,20 @@ from jadecli.spec import STEMS
 MODELS = ("single", "paired", "jade")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "step", "cosine")
-LABELED_SELECTIONS = ("random", "first")
 ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
 BATCH_NORMS = ("shared", "per-dataset")
 STYLE_ENCODERS = ("own", "trunk")
 DECODER_CONTENTS = ("mean", "sample")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("mean", "sum")
-SELECTIONS = ("last", "best-val")
 # Options only JADE uses (paired and single have no VAE), and the auxiliary's, which --model
 # single does not train on (only a warning: one command line may compare the three models).
 JADE_ONLY = (
     "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
     "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
-    "swap_weight", "decoder_content_grad",
+    "swap_weight", "decoder_content_grad", "unlabeled_elbo",
 )  # fmt: skip
+UNLABELED_ONLY = ("unlabeled_ratio", "consistency_weight", "confidence", "unlabeled_elbo")
 AUXILIARY_ONLY = (
     "auxiliary", "aux_per_class", "auxiliary_size", "auxiliary_pad", "style_mix", "aux_ce_weight"
 )  # fmt: skip
@@ -70,112 +65,10 @@ RESUME_OVERRIDABLE = frozenset(  # (experiment logs are views of the run, not wh
 
 
 @dataclass
-class TrainConfig:
-    """Everything that decides what `jade train` computes (saved in the run's manifest)."""
+class TrainConfig(DataOptions):
+    """Everything that decides what `jade train` computes (saved in the run's manifest); the
+    data options come first, from `DataOptions`."""
 
-    # --- data ---
-    primary: str = opt(
-        "",
-        "Primary (few-label) dataset: mnist, fashion-mnist, svhn, usps, mnist-m, synth-street, "
-        "synth-hand, or folder:PATH with PATH/train/<class>/* and PATH/test/<class>/*.",
-        group=DATA,
-        metavar="NAME",
-        check=dataset_problem,
-    )
-    auxiliary: str | None = opt(
-        None,
-        "Auxiliary (many-label) dataset with the same classes, same names as --primary. "
-        "Required for --model paired and jade.",
-        group=DATA,
-        metavar="NAME",
-        check=dataset_problem,
-    )
-    n_labeled: int | str | None = opt(
-        None,
-        "Labeled primary training images to use: a multiple of the number of classes, drawn "
-        "class-balanced with --seed, or 'all' for the whole primary training split. Required.",
-        group=DATA,
-        metavar="N|all",
-        range=POSITIVE,
-    )
-    labeled_selection: str = opt(
-        "random",
-        "How the labeled subset is drawn from each class: 'random' (with --seed) or 'first' "
-        "(the first images of each class, as in the paper).",
-        group=DATA,
-        choices=LABELED_SELECTIONS,
-    )
-    val: int | float | None = opt(
-        None,
-        "Hold out this many of the --n-labeled images (class-balanced, drawn with --seed), or "
-        "this fraction of them (0.2 or 20%), as a validation split: never trained on, scored "
-        "after every epoch, and what --select best-val chooses by. Default: none.",
-        group=DATA,
-        metavar="N|FRACTION",
-        parse=parse_val,
-        check=val_problem,
-    )
-    select: str = opt(
-        "last",
-        "Which epoch's weights the run ends with: last, or best-val (the epoch with the best "
-        "validation accuracy; needs --val). The final metrics, `jade evaluate` and the other "
-        "commands use the selected checkpoint.",
-        group=DATA,
-        metavar="last|best-val",
-        choices=SELECTIONS,
-    )
-    aux_per_class: int | None = opt(
-        None,
-        "Use only the first K auxiliary training images of each class (the paper: 4500). "
-        "Default: all of them.",
-        group=DATA,
-        metavar="K",
-        range=POSITIVE,
-    )
-    data_dir: str | None = opt(
-        None,
-        "Folder holding the datasets (MNIST/raw/..., SVHN/*.mat, ...). Default: $JADE_DATA_DIR, "
-        "else ~/.cache/jadecli. Built-in synth-* datasets are cached here too.",
-        group=DATA,
-        metavar="DIR",
-    )
-    download: bool = opt(
-        False,
-        "Try torchvision's download when dataset files are missing (default: off; without it a "
-        "missing file is an error that says where to put it).",
-        group=DATA,
-    )
-    primary_size: int | None = opt(
-        None,
-        "Resize primary images to SIZE x SIZE (8 to 1024). Default: keep their size (image "
-        "folders whose training images differ in size are resized to the most common size).",
-        group=DATA,
-        metavar="SIZE",
-        range=IMAGE_SIDE,
-    )
-    auxiliary_size: int | None = opt(
-        None,
-        "Resize auxiliary images to SIZE x SIZE (8 to 1024). Default: as for --primary-size.",
-        group=DATA,
-        metavar="SIZE",
-        range=IMAGE_SIDE,
-    )
-    primary_pad: int = opt(
-        0,
-        "Add P black pixels on every side of each primary image, after resizing: lets digits "
-        "sit where the auxiliary's do (USPS fills its frame, MNIST keeps a 4-pixel margin: "
-        "--primary-size 20 --primary-pad 4).",
-        group=DATA,
-        metavar="P",
-        range=Range(0, 64),
-    )
-    auxiliary_pad: int = opt(
-        0,
-        "The same for auxiliary images (MNIST into MNIST-M's 32x32 frame: --auxiliary-pad 2).",
-        group=DATA,
-        metavar="P",
-        range=Range(0, 64),
-    )
     # --- model ---
     model: str = opt(
         "jade",
@@ -398,6 +291,29 @@ class TrainConfig:
         group=OBJ,
         range=NON_NEGATIVE,
     )
+    consistency_weight: float = opt(
+        1.0,
+        "--unlabeled: weight of the consistency term (FixMatch's): the class the model "
+        "predicts for a lightly augmented view of an unlabeled image, where it is at least "
+        "--confidence sure, is the cross-entropy target of a strongly augmented view. 0: off.",
+        group=OBJ,
+        range=NON_NEGATIVE,
+    )
+    confidence: float = opt(
+        0.95,
+        "--unlabeled: how sure the model must be of an unlabeled image's class (its softmax "
+        "maximum) before the class is used as a pseudo-label.",
+        group=OBJ,
+        range=Range(0, 1, open_lo=True),
+    )
+    unlabeled_elbo: bool = opt(
+        True,
+        "jade, --unlabeled: unlabeled images also train the primary VAE (reconstruction and "
+        "style KL at the labeled images' weights) and, once confidently classified, have their "
+        "content matched to the auxiliary content of that class (the matching KL). "
+        "--no-unlabeled-elbo: the consistency term alone, as for paired and single.",
+        group=OBJ,
+    )
     # --- optimisation ---
     epochs: int = opt(
         10,
@@ -542,6 +458,13 @@ class TrainConfig:
                 "primary_ce_weight",
                 "and --aux-ce-weight are both 0: the classifier would not train",
             )
+        learns = self.consistency_weight > 0 or (self.model == "jade" and self.unlabeled_elbo)
+        if self.unlabeled and not learns:
+            raise ConfigError(
+                "unlabeled",
+                "is given but nothing learns from it: --consistency-weight is 0"
+                + (" and --no-unlabeled-elbo" if self.model == "jade" else ""),
+            )
         for name, why in self.idle_options():
             raise ConfigError(name, f"has no effect with {why}; leave it out", given(self, name))
 
@@ -563,6 +486,8 @@ class TrainConfig:
             idle += [(n, "--augment none") for n in AUGMENT_FIELDS]
         if self.n_labeled == "all":
             idle.append(("labeled_selection", "--n-labeled all, which takes every image"))
+        if not self.unlabeled:
+            idle += [(n, "no --unlabeled images") for n in UNLABELED_ONLY]
         return [(n, why) for n, why in idle if getattr(self, n) != _defaults()[n]]
 
     def unused_auxiliary_options(self) -> list[str]:

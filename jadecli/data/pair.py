@@ -23,10 +23,13 @@ from typing import Any
 import torch
 
 from jadecli.config import TrainConfig
+from jadecli.config.data_options import unlabeled_sources
 from jadecli.data.core import Dataset, ImageSet
 from jadecli.data.memory import MemoryBudget
+from jadecli.data.preprocess import ImageRecipe
 from jadecli.data.registry import align_classes, load_dataset
 from jadecli.data.sampling import first_per_class, labeled_subset, validation_split
+from jadecli.data.unlabeled import UnlabeledImages, load_unlabeled
 from jadecli.errors import UsageError
 from jadecli.progress import Reporter
 from jadecli.spec import MIN_SIDE, one_trunk
@@ -53,6 +56,7 @@ class TrainData(Pair):
     val: ImageSet | None
     aux_train: ImageSet | None  # the auxiliary training images used (all, or first K per class)
     described: dict[str, dict[str, Any]]  # role -> Dataset.describe() of the whole dataset
+    unlabeled: UnlabeledImages | None = None  # --unlabeled: the primary's unlabeled images
 
 
 def load_pair(
@@ -61,13 +65,15 @@ def load_pair(
     reporter: Reporter,
     download: bool = False,
     locate: Callable[[str, str], str] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> tuple[TrainConfig, Pair]:
     """Load the run's datasets, align their classes and shape them for the model; returns the
     config with what the data decided filled in (`primary_size`, `style_mix`).
 
-    `locate(role, name)` may point a `folder:` dataset somewhere else (data that moved)."""
+    `locate(role, name)` may point a `folder:` dataset somewhere else (data that moved);
+    `budget` is the run's memory budget when the caller loads more (default: a new one)."""
 
-    budget = MemoryBudget.resolve(cfg.memory_budget)
+    budget = budget or MemoryBudget.resolve(cfg.memory_budget)
 
     def load(role: str, size: int | None, pad: int) -> Dataset:
         name = cfg.primary if role == "primary" else cfg.auxiliary
@@ -116,10 +122,25 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, Tr
     unused = cfg.unused_auxiliary_options()
     if unused:
         reporter.warn(f"{', '.join(unused)}: not used by --model {cfg.model}")
-    cfg, pair = load_pair(cfg, Path(cfg.data_dir).expanduser(), reporter, cfg.download)
+    data_dir = Path(cfg.data_dir).expanduser()
+    budget = MemoryBudget.resolve(cfg.memory_budget)
+    cfg, pair = load_pair(cfg, data_dir, reporter, cfg.download, budget=budget)
     primary, auxiliary = pair.primary, pair.auxiliary
     index, val_index = split_labeled(cfg, primary, labeled_index(cfg, primary))
     described = {"primary": primary.describe()}
+    unlabeled = None
+    if cfg.unlabeled:
+        unlabeled = load_unlabeled(
+            unlabeled_sources(cfg.unlabeled),
+            primary,
+            rest_index(len(primary.train), index, val_index),
+            ImageRecipe.for_model(
+                primary.name, primary.image_shape, cfg.primary_pad, described["primary"]
+            ),
+            data_dir,
+            budget,
+            reporter.warn,
+        )
     labeled = primary.train.subset(index)
     val = None if val_index is None else primary.train.subset(val_index)
     primary = replace(primary, train=labeled)  # the unlabeled images are freed
@@ -138,7 +159,17 @@ def training_data(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, Tr
         val=val,
         aux_train=aux_train,
         described=described,
+        unlabeled=unlabeled,
     )
+
+
+def rest_index(n: int, labeled: torch.Tensor, val: torch.Tensor | None) -> torch.Tensor:
+    """`--unlabeled rest`: the primary training images outside the labeled subset and --val."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[labeled] = False
+    if val is not None:
+        keep[val] = False
+    return torch.nonzero(keep).flatten()
 
 
 def labeled_index(cfg: TrainConfig, primary: Dataset) -> torch.Tensor:

@@ -83,12 +83,16 @@ from jadecli.spec import ModelSpec
 # The style critic's terms (--style-adversary-weight), computed only for a model that has one
 CRITIC_TERMS = ("style_critic", "style_confusion")
 # Every term of each model's objective, in the order of metrics.csv and divergence messages.
-# --unlabeled's terms (0 without it): FixMatch's consistency for every model, and JADE's ELBO of
-# the unlabeled primary images
-UNLABELED_TERMS = ("recon_unlabeled", "kl_style_unlabeled", "kl_match_unlabeled", "consistency")
+# --unlabeled's terms (none without it): FixMatch's consistency for every model, JADE's ELBO of
+# the unlabeled primary images, and a number to watch at weight 0: the share of unlabeled
+# images confident enough for their pseudo-label to be used
+CONFIDENT = "confident_unlabeled"
+UNLABELED_TERMS = (
+    "recon_unlabeled", "kl_style_unlabeled", "kl_match_unlabeled", "consistency", CONFIDENT
+)  # fmt: skip
 TERMS = {
-    "single": ("ce_primary", "consistency"),
-    "paired": ("ce_aux", "ce_primary", "consistency"),
+    "single": ("ce_primary", "consistency", CONFIDENT),
+    "paired": ("ce_aux", "ce_primary", "consistency", CONFIDENT),
     "jade": (
         "recon_aux",
         "recon_primary",
@@ -116,7 +120,9 @@ class Objective:
         self.ce_on_mean = spec.generative and cfg.ce_on_mean
         self.weights = term_weights(cfg, spec)
         # a term at weight 0 is not computed at all (the separation term is a B x B matrix)
-        self.terms = tuple(t for t in TERMS[spec.kind] if self.weights[t] != 0)
+        # (the share of confident unlabeled images is listed at weight 0: it is only watched)
+        watched = {CONFIDENT} if cfg.unlabeled else set()
+        self.terms = tuple(t for t in TERMS[spec.kind] if self.weights[t] != 0 or t in watched)
         self.confidence = cfg.confidence  # --unlabeled: what a pseudo-label needs
 
     @property
@@ -179,6 +185,7 @@ def term_weights(cfg: TrainConfig, spec: ModelSpec) -> dict[str, float]:
         "kl_style_unlabeled": style_kl * style,
         "kl_match_unlabeled": cfg.match_weight * content,
         "consistency": cfg.consistency_weight,
+        CONFIDENT: 0.0,  # not a loss: the share of confident unlabeled images, watched
     }
     for name in UNLABELED_TERMS:  # nothing unlabeled, or (JADE) --no-unlabeled-elbo
         elbo = name != "consistency" and not cfg.unlabeled_elbo
@@ -314,7 +321,9 @@ def unlabeled_terms(
                              batch; r_k the mean of the batch's class-k auxiliary posteriors
                              (means and variances averaged), detached
 
-    The pseudo-label k comes from the model's own prediction of the weak view, detached."""
+    The pseudo-label k comes from the model's own prediction of the weak view, detached.
+    `confident_unlabeled` (weight 0, watched in metrics.csv) is the share of the U images whose
+    pseudo-label is used."""
     assert out.logits_unlabeled is not None, "the model drew no unlabeled logits"
     u = x_unl.shape[0] // 2
     n = max(u, 1)
@@ -343,6 +352,8 @@ def unlabeled_terms(
     if "consistency" in wanted:
         ce = F.cross_entropy(logits[u:], pseudo, reduction="none")  # (U,)
         terms["consistency"] = (ce * sure).sum() / n
+    if CONFIDENT in wanted:
+        terms[CONFIDENT] = sure.sum() / n
     return terms
 
 

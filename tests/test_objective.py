@@ -281,6 +281,7 @@ def test_unlabeled_terms_against_a_float64_reference():
     out.recon_unlabeled = leaf(rng, u, *PRIMARY_SHAPE, scale=2)
     terms = unlabeled_terms(out, x_unl, b["y"], 0.95)
     value = {k: float(v.detach()) for k, v in terms.items()}
+    assert value["confident_unlabeled"] == 0.75  # 3 of the 4 images are sure
     sure, pseudo = np.array([1, 0, 1, 1.0]), np.array([3, 0, 1, 2])
     z = f64(strong)
     log_p = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))

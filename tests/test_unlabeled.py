@@ -86,6 +86,9 @@ def test_jade_learns_from_the_rest_of_the_primary(runner, synth_dir, tmp_path):
     cols = columns(out)
     for term in ("recon_unlabeled", "kl_style_unlabeled", "kl_match_unlabeled", "consistency"):
         assert term in cols
+    with open(out / "metrics.csv", newline="") as fh:
+        share = [float(r["confident_unlabeled"]) for r in csv.DictReader(fh)]
+    assert len(share) == 2 and all(0 <= v <= 1 for v in share)
     assert m["status"] == "completed"
     # scoring the images it trained on without labels says so
     scored = runner.invoke(
@@ -209,7 +212,8 @@ def test_unlabeled_terms_exist_only_with_unlabeled_images():
     no_elbo = TrainConfig(
         primary="mnist", auxiliary="usps", n_labeled=100, unlabeled="rest", unlabeled_elbo=False
     )
-    assert Objective(no_elbo, spec).terms == (*Objective(cfg, spec).terms, "consistency")
+    labeled = Objective(cfg, spec).terms
+    assert Objective(no_elbo, spec).terms == (*labeled, "consistency", "confident_unlabeled")
 
 
 class _Shape:

@@ -46,28 +46,26 @@ def write_folder(folder: Path, n: int, size: int, seed: int = 0) -> None:
         Image.fromarray(arr).save(d / f"{i}.jpg", quality=85)
 
 
-def rss_kib(pid: int) -> int:
+def _proc_kib(path: str, key: str) -> int:
+    """The `key:` line of a /proc file, in KiB (0 when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_kib(pid: int) -> int:
     """Proportional set size: pages shared with other processes (a forked worker shares the
     parent's datasets) counted once in all, split between those sharing them."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def cpu_name() -> str:

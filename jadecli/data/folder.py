@@ -48,7 +48,6 @@ def image_extensions() -> set[str]:
 
 def list_class_files(split_dir: Path) -> tuple[list[str], dict[str, list[Path]], list[Path]]:
     """Classes (sorted sub-folders), their image files (recursive, sorted) and skipped files."""
-    exts = image_extensions()
     classes = sorted(
         entry.name
         for entry in os.scandir(split_dir)
@@ -57,17 +56,26 @@ def list_class_files(split_dir: Path) -> tuple[list[str], dict[str, list[Path]],
     files: dict[str, list[Path]] = {}
     skipped: list[Path] = []
     for cls in classes:
-        found: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(split_dir / cls, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                path = Path(dirpath) / fname
-                if fname.startswith(".") or path.suffix.lower() not in exts:
-                    skipped.append(path)
-                else:
-                    found.append(path)
-        files[cls] = found
+        files[cls], not_images = walk_images(split_dir / cls)
+        skipped += not_images
     return classes, files, skipped
+
+
+def walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under `folder`, recursively and sorted; hidden folders are
+    not entered, hidden files count as other files."""
+    exts = image_extensions()
+    found: list[Path] = []
+    skipped: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            if fname.startswith(".") or path.suffix.lower() not in exts:
+                skipped.append(path)
+            else:
+                found.append(path)
+    return found, skipped
 
 
 class UnreadableImage(DataError):
@@ -83,8 +91,9 @@ def _unreadable(path: Path, err: BaseException) -> DataError:
     return UnreadableImage(path, reason)
 
 
-def _probe(path: Path) -> tuple[bool, tuple[int, int]]:
-    """(is colour, (H, W)) of an image from its header alone, without decoding its pixels."""
+def probe(path: Path) -> tuple[bool, tuple[int, int]]:
+    """(is colour, (H, W)) of an image from its header alone, without decoding its pixels; a
+    file Pillow cannot open raises `UnreadableImage`."""
     try:
         with Image.open(path) as img:
             return img.mode not in _GRAY_MODES, (img.height, img.width)
@@ -216,7 +225,7 @@ def load_image_folder(
     # Pass 1, headers only: the common size and grey-vs-colour are decided by the training
     # split alone (test images follow it), and the bytes needed are known before allocating.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        probed = {s: list(pool.map(_probe, paths[s], chunksize=64)) for s in ("train", "test")}
+        probed = {s: list(pool.map(probe, paths[s], chunksize=64)) for s in ("train", "test")}
     channels = 3 if any(colour for colour, _ in probed["train"]) else 1
     sizes = Counter(hw for _, hw in probed["train"])
     if size is not None:

@@ -59,12 +59,17 @@ class MemoryBudget:
         limit = DEFAULT_FRACTION * avail
         return cls(limit, f"the default --memory-budget, 80% of the {gb(avail)} available")
 
+    def fits(self, count: int, shape: tuple[int, int, int]) -> bool:
+        """Whether `count` 8-bit images of `shape` (C, H, W) fit in what is left."""
+        c, h, w = shape
+        return self.used + count * c * h * w <= self.limit
+
     def claim(self, count: int, shape: tuple[int, int, int], what: str, size_flag: str) -> None:
         """Reserve `count` 8-bit images of `shape` (C, H, W) for `what` (e.g. "--auxiliary
         folder:scans"), or raise a one-line DataError naming the size and the options."""
         c, h, w = shape
         need = count * c * h * w
-        if self.used + need > self.limit:
+        if not self.fits(count, shape):
             left = max(self.limit - self.used, 0)
             raise DataError(
                 f"{what}: {count:,} images of {c}x{h}x{w} need {gb(need)} as 8-bit images, more "

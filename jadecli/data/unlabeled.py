@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from jadecli.data.core import Dataset
-from jadecli.data.folder import image_extensions
+from jadecli.data.folder import UnreadableImage, probe, walk_images
 from jadecli.data.memory import MemoryBudget
 from jadecli.data.preprocess import ImageRecipe
 from jadecli.data.registry import load_dataset, resize_images
@@ -164,18 +163,16 @@ def _folder(
     bad = [p for p, hw in zip(paths, probed, strict=True) if hw is None]
     good = [p for p, hw in zip(paths, probed, strict=True) if hw is not None]
     sizes = Counter(hw for hw in probed if hw is not None)
-    streamed = False
-    c, h, w = recipe.input_shape
-    if good and budget.used + len(good) * c * h * w > budget.limit:
-        streamed = True
-        images: torch.Tensor | list[Path] = good
-    elif good:
-        budget.claim(len(good), (c, h, w), where, "--primary-size")
+    shape = recipe.input_shape
+    streamed = bool(good) and not budget.fits(len(good), shape)
+    images: torch.Tensor | list[Path] = good
+    if good and not streamed:
+        budget.claim(len(good), shape, where, "--primary-size")
         decoded = _decode_many(good, recipe, workers)
         bad += [p for p, img in zip(good, decoded, strict=True) if img is None]
         kept = [img for img in decoded if img is not None]
         good = [p for p, img in zip(good, decoded, strict=True) if img is not None]
-        images = torch.stack(kept) if kept else torch.empty((0, c, h, w), dtype=torch.uint8)
+        images = torch.stack(kept) if kept else torch.empty((0, *shape), dtype=torch.uint8)
     if bad:
         warn(f"{where}: skipped {len(bad)} file(s) that do not decode (e.g. {bad[0]})")
     if not good:
@@ -190,22 +187,14 @@ def _folder(
 
 def list_images(root: Path) -> list[Path]:
     """Image files under `root`, recursively, sorted; hidden files and folders skipped."""
-    exts = image_extensions()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in exts:
-                found.append(Path(dirpath) / name)
-    return found
+    return walk_images(root)[0]
 
 
 def _size_of(path: Path) -> tuple[int, int] | None:
     """(H, W) from the header, or None for a file Pillow cannot open."""
     try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return probe(path)[1]
+    except UnreadableImage:
         return None
 
 

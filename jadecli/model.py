@@ -273,11 +273,11 @@ class JADE(RoleModel):
             # the critic learns from detached codes; the encoders are judged by a frozen copy
             learn = self.style_critic(z_s.detach())  # (2B, K)
             judge = _frozen(self.style_critic, z_s)  # (2B, K)
-        swap_logits = swap_index = None
+        swap_logits = swap_index = content_class = None
         if request.swaps:  # only the decoders learn from the swaps: the codes are detached
-            swap_logits, swap_index = self.judge_swaps(
-                za_s.detach(), zp_s.detach(), torch.cat([da_c, dp_c]).detach()
-            )
+            contents = torch.cat([da_c, dp_c]).detach()  # (2B, content_dim)
+            swap_logits, swap_index = self.judge_swaps(za_s.detach(), zp_s.detach(), contents)
+            content_class = self.predict_codes(contents)
         out = JADEOutput(
             q_aux=qa,
             q_primary=qp,
@@ -291,6 +291,7 @@ class JADE(RoleModel):
             judged_logits=judge,
             swap_logits=swap_logits,
             swap_index=swap_index,
+            swap_content_class=content_class,
         )
         if qu is not None:
             self.unlabeled_outputs(out, qu, request)
@@ -322,6 +323,17 @@ class JADE(RoleModel):
             x = torch.sigmoid(self.decoder(role)(torch.cat([z_s, contents[idx]], 1)))
             logits.append(self.frozen_classify(role, augment(x, SWAP_AUGMENT)))
         return torch.cat(logits), index
+
+    @torch.no_grad()
+    def predict_codes(self, z_c: torch.Tensor) -> torch.Tensor:
+        """The classifier's class (B,) of content codes (B, content_dim), as it predicts (eval
+        mode: no dropout), with no gradient."""
+        mode = self.classifier.training
+        self.classifier.eval()
+        try:
+            return self.classifier(z_c).argmax(1)
+        finally:
+            self.classifier.train(mode)
 
     def frozen_classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
         """`classify` with detached weights in eval mode (BatchNorm's running statistics, no

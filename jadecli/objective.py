@@ -10,7 +10,7 @@ batch, each reconstruction summed over pixel values and each KL summed over late
       + w_sep   *  SEP(z_c^A, z_c^P, y)                     (0 unless --separation-weight)
       + w_A * CE(y, f(z_c^A)) + w_P * CE(y, f(z_c^P))
       + w_adv   * [CE(y, g(sg z_s)) + CE(uniform, g'(z_s))]  (0 unless --style-adversary-weight)
-      + w_swap  *  CE(y_j, f'(E'_d(dec_d(sg z_s^i, sg z_c^j))))  (0 unless --swap-weight)
+      + w_swap  *  CE(t_j, f'(E'_d(dec_d(sg z_s^i, sg z_c^j))))  (0 unless --swap-weight)
 
 with D the number of pixel values of each dataset's images (784 for 28x28 grey, 3072 for 32x32
 colour) and d_s, d_c the style and content latent sizes: under `--loss-scale mean` (the default)
@@ -38,9 +38,14 @@ bound to fool the critic, 36,000 nats of style KL in the first epoch, and the de
 The swap term (`--swap-weight`) asks each decoder d to draw its batch's styles z_s^i with
 contents z_c^j of other images of both datasets (a permutation of the 2B contents of the
 batch), and the model as it predicts (its encoder E'_d and classifier f', weights frozen,
-BatchNorm's running statistics, no dropout) to classify each drawing as j's class. Only the
+BatchNorm's running statistics, no dropout) to classify each drawing as j's class t_j. Only the
 decoders learn from it (the codes are detached): a decoder that reads the class from style,
-where the trunk's features put it, draws the wrong digit in a swap.
+where the trunk's features put it, draws the wrong digit in a swap. t_j is the classifier's own
+class of the content code z_c^j (`--swap-target prediction`, argmax f(z_c^j), eval mode, no
+gradient) or j's label (`label`): against labels, every code the classifier gets wrong (a
+quarter of the primary's early on) asks the decoders to draw a class the code does not say,
+and they learn to draw ambiguous digits; against predictions they learn to draw what the
+encoder read, which is what a reconstruction must show.
 
 With `--unlabeled`, each step also holds U unlabeled primary images in a weak and a strong
 view, and the loss gains (`unlabeled_terms`; each a sum over the U images divided by U):
@@ -124,6 +129,7 @@ class Objective:
         watched = {CONFIDENT} if cfg.unlabeled else set()
         self.terms = tuple(t for t in TERMS[spec.kind] if self.weights[t] != 0 or t in watched)
         self.confidence = cfg.confidence  # --unlabeled: what a pseudo-label needs
+        self.swap_target = cfg.swap_target  # what each swap drawing must be recognised as
 
     @property
     def wants_mean_logits(self) -> bool:
@@ -149,7 +155,7 @@ class Objective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(out, JADEOutput):
             assert x_aux is not None
-            terms = jade_terms(out, x_aux, x_primary, y, self.terms)
+            terms = jade_terms(out, x_aux, x_primary, y, self.terms, self.swap_target)
         else:
             terms = classifier_terms(out.logits_aux, out.logits_primary, y, self.terms)
         if x_unl is not None:
@@ -237,10 +243,16 @@ def separation(mu_aux: torch.Tensor, mu_primary: torch.Tensor, y: torch.Tensor) 
     return (hinge * differ).sum() / differ.sum().clamp_min(1.0)
 
 
-def swap_class(out: JADEOutput, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the frozen model's class of each swap against its content's label."""
+def swap_class(out: JADEOutput, y: torch.Tensor, target: str = "prediction") -> torch.Tensor:
+    """Cross-entropy of the frozen model's class of each swap against its content's class:
+    the classifier's own class of the content code (`target` "prediction") or the content
+    image's label ("label")."""
     assert out.swap_logits is not None and out.swap_index is not None, "no swaps were drawn"
-    return F.cross_entropy(out.swap_logits.float(), y.repeat(2)[out.swap_index])
+    pool = y.repeat(2)  # (2B,) the labels of [auxiliary; primary] contents
+    if target == "prediction":
+        assert out.swap_content_class is not None, "the contents were not classified"
+        pool = out.swap_content_class
+    return F.cross_entropy(out.swap_logits.float(), pool[out.swap_index])
 
 
 def _given(logits: torch.Tensor | None) -> torch.Tensor:
@@ -269,9 +281,10 @@ def jade_terms(
     x_primary: torch.Tensor,
     y: torch.Tensor,
     wanted: Collection[str] = TERMS["jade"],
+    swap_target: str = "prediction",
 ) -> dict[str, torch.Tensor]:
     """Unweighted batch means of the JADE terms in `wanted` (keys in TERMS["jade"] order), in
-    fp32 whatever precision the forward pass ran in."""
+    fp32 whatever precision the forward pass ran in (`swap_target`: --swap-target)."""
     qa, qp = out.q_aux.float(), out.q_primary.float()
     compute = {
         "recon_aux": lambda: reconstruction_bce(out.recon_aux.float(), x_aux).mean(),
@@ -285,7 +298,7 @@ def jade_terms(
         "ce_primary": lambda: F.cross_entropy(out.logits_primary.float(), y),
         "style_critic": lambda: F.cross_entropy(_given(out.critic_logits), y.repeat(2)),
         "style_confusion": lambda: -F.log_softmax(_given(out.judged_logits), 1).mean(),
-        "swap_class": lambda: swap_class(out, y),
+        "swap_class": lambda: swap_class(out, y, swap_target),
     }
     # the style critic's terms exist only for a model that has one, the swap term only for a
     # forward pass that drew swaps

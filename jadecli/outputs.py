@@ -76,6 +76,8 @@ class JADEOutput(StepOutput):
     # batch's styles with contents `swap_index` (2B,) of the pool [auxiliary; primary] batch
     swap_logits: torch.Tensor | None = None
     swap_index: torch.Tensor | None = None
+    # ... and the classifier's class (2B,) of each content of that pool (eval mode, no gradient)
+    swap_content_class: torch.Tensor | None = None
     # --unlabeled: the posterior of the weak views (U rows) and, with the unlabeled ELBO, their
     # reconstruction logits (U, C_p, H_p, W_p)
     q_unlabeled: Posterior | None = None

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from jadecli.cli import app
+from jadecli.config import TrainConfig
 from jadecli.generative import balanced_sample, swap_scores
 from jadecli.metrics import DECODER_COLUMNS
 from jadecli.model import build_model
@@ -161,9 +162,16 @@ def test_the_swap_term_trains_the_decoders_alone(style_encoder):
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, plain[key]), key
     assert fresh.training and fresh.classifier.training  # modes restored
-    term = jade_terms(out, x_a, x_p, y, ("swap_class",))["swap_class"]
-    expected = torch.nn.functional.cross_entropy(out.swap_logits, y.repeat(2)[out.swap_index])
-    assert term.item() == pytest.approx(expected.item())
+    # --swap-target prediction (default): each drawing's target is the classifier's class of
+    # the content code it was drawn from (here the samples, which the logits also come from)
+    predicted = torch.cat([out.logits_aux, out.logits_primary]).argmax(1)  # (12,) the pool's
+    assert out.swap_content_class is not None
+    assert torch.equal(out.swap_content_class, predicted)
+    assert not torch.equal(predicted, y.repeat(2))  # an untrained classifier: the two differ
+    ce = torch.nn.functional.cross_entropy
+    for target, pool in (("prediction", predicted), ("label", y.repeat(2))):
+        term = jade_terms(out, x_a, x_p, y, ("swap_class",), target)["swap_class"]
+        assert term.item() == pytest.approx(ce(out.swap_logits, pool[out.swap_index]).item())
     term.backward()
     for name, p in fresh.named_parameters():
         moved = p.grad is not None and p.grad.abs().sum() > 0
@@ -180,6 +188,10 @@ def test_the_swap_term_is_on_by_default_off_at_0_and_refused_by_paired(
     assert all(0 < float(row["swap_class"]) < 10 for row in read_csv(default / "metrics.csv"))
     config = yaml.safe_load((default / "manifest.yaml").read_text())["config"]
     assert config["swap_weight"] == 1.0 and config["decoder_content_grad"] is False
+    assert config["swap_target"] == "prediction"
+    # a run saved before --swap-target existed judged its swaps against labels, and still does
+    old = {k: v for k, v in config.items() if k != "swap_target"}
+    assert TrainConfig.from_dict(old).swap_target == "label"
     out = tmp_path / "noswap"
     r = runner.invoke(app, tiny_synth_args(synth_dir, out, extra=("--swap-weight", "0")))
     assert r.exit_code == 0, r.output
@@ -190,6 +202,11 @@ def test_the_swap_term_is_on_by_default_off_at_0_and_refused_by_paired(
     assert r.exit_code == 2
     assert "--swap-weight" in r.output and "--model paired" in r.output
     assert not (tmp_path / "p").exists()
+    idle = ("--swap-weight", "0", "--swap-target", "label")  # no swaps to judge
+    r = runner.invoke(app, tiny_synth_args(synth_dir, tmp_path / "q", extra=idle))
+    assert r.exit_code == 2
+    assert "--swap-target" in r.output and "--swap-weight 0" in r.output
+    assert not (tmp_path / "q").exists()
 
 
 @pytest.mark.parametrize("content_grad", [True, False])

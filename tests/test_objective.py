@@ -106,6 +106,9 @@ def hand_built_batch(seed: int = 0) -> dict:
         # the swap term: the frozen model's logits of 2B drawings, and the content each drew
         "swap_logits": leaf(rng, 2 * B, K, scale=2),
         "swap_index": torch.tensor([4, 0, 2, 5, 1, 3]),
+        # ... and the classifier's class of each pool content (--swap-target prediction): not
+        # the labels [0, 3, 1, 0, 3, 1], so a term judged against labels would differ
+        "swap_content_class": torch.tensor([2, 3, 1, 0, 2, 2]),
     }
 
 
@@ -173,8 +176,9 @@ def reference_terms(b: dict) -> dict[str, float]:
         "style_confusion": float(
             -np.mean(f64(b["judged_logits"]) - logsumexp(f64(b["judged_logits"])))
         ),
-        # drawing i shows the content of pool image swap_index[i], pool = [auxiliary; primary]
-        "swap_class": ce(b["swap_logits"], torch.cat([b["y"], b["y"]])[b["swap_index"]]),
+        # drawing i shows the content of pool image swap_index[i], pool = [auxiliary; primary],
+        # judged against the classifier's class of that content (--swap-target prediction)
+        "swap_class": ce(b["swap_logits"], b["swap_content_class"][b["swap_index"]]),
     }
 
 
@@ -230,6 +234,7 @@ def step_output(kind: str, b: dict) -> StepOutput:
             judged_logits=b.get("judged_logits"),
             swap_logits=b.get("swap_logits"),
             swap_index=b.get("swap_index"),
+            swap_content_class=b.get("swap_content_class"),
         )
     return StepOutput(b["logits_primary"], None if kind == "single" else b["logits_aux"])
 
@@ -447,6 +452,9 @@ def test_the_trainer_feeds_each_dataset_to_its_own_terms_with_its_own_scale(tmp_
         judged_logits=leaf(rng, 2 * B, 10),
         swap_logits=leaf(rng, 2 * B, 10),
         swap_index=torch.randperm(2 * B),
+        swap_content_class=torch.randint(
+            0, 10, (2 * B,), generator=torch.Generator().manual_seed(0)
+        ),
     )
     total, terms = trainer.objective(step_output("jade", b), x_aux, x_primary, y)
     reference = reference_terms(b)

@@ -105,6 +105,7 @@ SAMPLE = {
     "separation_weight": 0.5,
     "style_adversary_weight": 0.5,
     "swap_weight": 0.25,
+    "swap_target": "label",
     "decoder_content_grad": True,
     "aux_ce_weight": 3.0,
     "primary_ce_weight": 4.0,

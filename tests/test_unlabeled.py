@@ -14,6 +14,7 @@ from PIL import Image
 
 from jadecli.cli import app
 from jadecli.config import TrainConfig
+from jadecli.config.data_options import primary_overlap
 from jadecli.data import unlabeled as unl
 from jadecli.data.memory import MemoryBudget
 from jadecli.data.preprocess import ImageRecipe
@@ -69,6 +70,27 @@ def test_options_that_would_do_nothing_are_refused(runner, synth_dir, tmp_path, 
     assert not out.exists()
 
 
+def test_the_primary_own_images_are_refused_as_unlabeled(runner, synth_dir, tmp_path):
+    """The primary itself, or a folder inside or around the primary's folder, would train on
+    its labeled, --val (and test) images as unlabeled ones: one error naming --unlabeled rest."""
+    out = tmp_path / "run"
+    primary = tiny_synth_args(synth_dir, out, extra=("--unlabeled", "synth-street"))
+    assert "synth-street" in primary  # the tiny run's primary
+    assert_clean_error(runner.invoke(app, primary), 2, "--unlabeled synth-street", "rest")
+    assert not out.exists()
+    home = tmp_path / "scans"
+    for source, overlaps in (
+        (f"folder:{home}", True),  # the primary's folder itself
+        (str(home / "train" / "0"), True),  # inside it
+        (str(tmp_path), True),  # around it: its test images too
+        (str(tmp_path / "other"), False),  # beside it
+        ("rest", False),
+    ):
+        why = primary_overlap(f"folder:{home}", source)
+        assert (why is not None) == overlaps, source
+    assert primary_overlap("mnist", "usps,rest") is None
+
+
 def test_jade_learns_from_the_rest_of_the_primary(runner, synth_dir, tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(
@@ -104,7 +126,7 @@ def test_jade_learns_from_the_rest_of_the_primary(runner, synth_dir, tmp_path):
 def test_classifiers_learn_by_consistency_alone(runner, synth_dir, tmp_path, model):
     out = tmp_path / "run"
     result = runner.invoke(
-        app, tiny_synth_args(synth_dir, out, model, ("--unlabeled", "synth-street"))
+        app, tiny_synth_args(synth_dir, out, model, ("--unlabeled", "synth-hand"))
     )
     assert result.exit_code == 0, result.output
     cols = columns(out)

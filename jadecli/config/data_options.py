@@ -9,9 +9,11 @@ loaded (`jadecli.data.unlabeled`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from jadecli.config.options import (
     DATA,
+    DATASETS,
     IMAGE_SIDE,
     POSITIVE,
     ConfigError,
@@ -46,6 +48,33 @@ def parse_unlabeled(text: str) -> str:
 def unlabeled_sources(value: str) -> list[str]:
     """The sources of a config's `unlabeled` field, in order ([] when none)."""
     return [s for s in value.split(",") if s] if value else []
+
+
+def primary_overlap(primary: str, value: str) -> str | None:
+    """Why an `--unlabeled` source would give the model the primary's own labeled, --val or
+    test images as unlabeled ones (the dataset itself; a folder inside or around the primary's
+    folder), or None. `rest` is the way to its other training images."""
+    home = _folder_path(primary) if primary.startswith("folder:") else None
+    for source in unlabeled_sources(value):
+        if source == primary and source in DATASETS:
+            return (
+                f"{source} is the primary itself: its labeled and --val images would be "
+                "trained on again as unlabeled ones"
+            )
+        if home is None or source == "rest" or source in DATASETS:
+            continue
+        where = _folder_path(source)
+        if where == home or home in where.parents or where in home.parents:
+            return (
+                f"{source} holds images of the primary's folder ({primary}): labeled, --val "
+                "or test images would be trained on as unlabeled ones"
+            )
+    return None
+
+
+def _folder_path(source: str) -> Path:
+    text = source[len("folder:") :] if source.startswith("folder:") else source
+    return Path(text).expanduser().resolve()
 
 
 @dataclass
@@ -161,7 +190,9 @@ class DataOptions:
         "(a folder of images, searched recursively; sub-folder names are ignored), or a dataset "
         "name (its training split, labels ignored). Repeat the flag or separate sources with "
         "commas. The images get the primary's size, padding and channels; a source too large "
-        "for --memory-budget is streamed from disk. Default: none (the paper's setting).",
+        "for --memory-budget is streamed from disk. The primary itself, or a folder holding "
+        "its images, is refused (its labeled, --val or test images would come back unlabeled): "
+        "use rest. Default: none (the paper's setting).",
         group=DATA,
         metavar="SOURCE",
         parse=parse_unlabeled,

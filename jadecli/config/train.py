@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from jadecli.config.data_options import DataOptions
+from jadecli.config.data_options import DataOptions, primary_overlap
 from jadecli.config.options import (
     AUG,
     FRACTION,
@@ -42,6 +42,7 @@ ARCHES = ("shared", "paper", "resnet18")  # the trunks of model.encoders()
 BATCH_NORMS = ("shared", "per-dataset")
 STYLE_ENCODERS = ("own", "trunk")
 DECODER_CONTENTS = ("mean", "sample")
+SWAP_TARGETS = ("prediction", "label")
 AUGMENTS = ("none", "primary", "all")
 LOSS_SCALES = ("mean", "sum")
 # Options only JADE uses (paired and single have no VAE), and the auxiliary's, which --model
@@ -49,7 +50,7 @@ LOSS_SCALES = ("mean", "sum")
 JADE_ONLY = (
     "style_dim", "style_encoder", "loss_scale", "recon_weight", "kl_weight", "style_kl_weight",
     "match_weight", "ce_on_mean", "separation_weight", "style_adversary_weight", "decoder_content",
-    "swap_weight", "decoder_content_grad", "unlabeled_elbo",
+    "swap_weight", "swap_target", "decoder_content_grad", "unlabeled_elbo",
 )  # fmt: skip
 UNLABELED_ONLY = ("unlabeled_ratio", "consistency_weight", "confidence", "unlabeled_elbo")
 AUXILIARY_ONLY = (
@@ -57,6 +58,10 @@ AUXILIARY_ONLY = (
 )  # fmt: skip
 AUGMENT_FIELDS = ("aug_shift", "aug_rotate", "aug_scale", "aug_color")
 
+# Fields added after runs were saved without them, and the value that repeats what those ran
+# (a saved config lacking one is read with it): runs saved before --swap-target judged their
+# swaps against labels
+SAVED_BEFORE: dict[str, Any] = {"swap_target": "label"}
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(  # (experiment logs are views of the run, not what it computes)
     {"epochs", "device", "precision", "compile", "data_dir", "download", "eval_every", "test"}
@@ -273,11 +278,23 @@ class TrainConfig(DataOptions):
         "jade: weight of the swap term: each decoder draws its batch's styles with contents "
         "taken from other images of both datasets, and the model itself, frozen (its encoder "
         "and classifier as they predict), must classify each drawing, randomly warped and "
-        "colour-jittered, as its content's class (cross-entropy). Only the decoders learn from "
-        "it: they must take the class from content, not style. A step takes about 1.65x as "
-        "long. 0: off, as in the paper (decoders that draw grey class averages).",
+        "colour-jittered, as its content's class (--swap-target; cross-entropy). Only the "
+        "decoders learn from it: they must take the class from content, not style. A step "
+        "takes about 1.65x as long. 0: off, as in the paper (decoders that draw grey class "
+        "averages).",
         group=OBJ,
         range=NON_NEGATIVE,
+    )
+    swap_target: str = opt(
+        "prediction",
+        "jade: the class a swap drawing must be recognised as: prediction (the classifier's "
+        "own class of the content code it was drawn from: the decoders learn to draw what the "
+        "encoder read) or label (the content image's label, which a code the classifier gets "
+        "wrong contradicts). Chosen on dev splits (synth-street and MNIST-M): prediction draws "
+        "reconstructions the model recognises far more often after short schedules.",
+        group=OBJ,
+        metavar="prediction|label",
+        choices=SWAP_TARGETS,
     )
     aux_ce_weight: float = opt(
         1.0,
@@ -458,6 +475,13 @@ class TrainConfig(DataOptions):
                 "primary_ce_weight",
                 "and --aux-ce-weight are both 0: the classifier would not train",
             )
+        overlap = primary_overlap(self.primary, self.unlabeled)
+        if overlap:
+            raise ConfigError(
+                "unlabeled",
+                f"{overlap}; use --unlabeled rest (the primary's training images outside the "
+                "labeled subset and --val)",
+            )
         learns = self.consistency_weight > 0 or (self.model == "jade" and self.unlabeled_elbo)
         if self.unlabeled and not learns:
             raise ConfigError(
@@ -488,6 +512,8 @@ class TrainConfig(DataOptions):
             idle.append(("labeled_selection", "--n-labeled all, which takes every image"))
         if not self.unlabeled:
             idle += [(n, "no --unlabeled images") for n in UNLABELED_ONLY]
+        if self.swap_weight == 0:
+            idle.append(("swap_target", "--swap-weight 0, which draws no swaps"))
         return [(n, why) for n, why in idle if getattr(self, n) != _defaults()[n]]
 
     def unused_auxiliary_options(self) -> list[str]:
@@ -512,6 +538,8 @@ class TrainConfig(DataOptions):
         unknown = set(data) - set(field_names(cls))
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        # a field added since the run was saved takes the value that repeats what it ran
+        data = {**SAVED_BEFORE, **data}
         cfg = cls.__new__(cls)  # unchecked: only to find what the saved values leave idle
         cfg.__dict__.update({**_defaults(), **data})
         # Options that did nothing (accepted before they were refused) go back to their

@@ -62,6 +62,7 @@ AUGMENT_FIELDS = ("aug_shift", "aug_rotate", "aug_scale", "aug_color")
 # (a saved config lacking one is read with it): runs saved before --swap-target judged their
 # swaps against labels
 SAVED_BEFORE: dict[str, Any] = {"swap_target": "label"}
+
 # Fields a resumed run may change; every other field is fixed by the run's saved config.
 RESUME_OVERRIDABLE = frozenset(  # (experiment logs are views of the run, not what it computes)
     {"epochs", "device", "precision", "compile", "data_dir", "download", "eval_every", "test"}

@@ -21,6 +21,8 @@ print(build_model(ModelSpec('jade', 'shared', (3, 64, 64), (3, 64, 64), 10, 10, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
@@ -87,6 +89,18 @@ def _frozen(module: nn.Module, *args: object) -> torch.Tensor:
     """`module(*args)` with its weights detached: gradients reach the inputs only."""
     weights = {k: v.detach() for k, v in module.named_parameters()}
     return torch.func.functional_call(module, weights, args)
+
+
+def _in_eval_mode(parts: tuple[nn.Module, ...], fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`fn()` with `parts` in eval mode, each put back in the mode it was in."""
+    modes = [m.training for m in parts]
+    for m in parts:
+        m.eval()
+    try:
+        return fn()
+    finally:
+        for m, mode in zip(parts, modes, strict=True):
+            m.train(mode)
 
 
 def reparameterize(
@@ -328,28 +342,19 @@ class JADE(RoleModel):
     def predict_codes(self, z_c: torch.Tensor) -> torch.Tensor:
         """The classifier's class (B,) of content codes (B, content_dim), as it predicts (eval
         mode: no dropout), with no gradient."""
-        mode = self.classifier.training
-        self.classifier.eval()
-        try:
-            return self.classifier(z_c).argmax(1)
-        finally:
-            self.classifier.train(mode)
+        return _in_eval_mode((self.classifier,), lambda: self.classifier(z_c).argmax(1))
 
     def frozen_classify(self, role: str, x: torch.Tensor) -> torch.Tensor:
         """`classify` with detached weights in eval mode (BatchNorm's running statistics, no
         dropout, nothing updated): gradients reach only `x`."""
         encoder = self.encoder(role)
-        parts = (encoder.cnn, encoder.content_head, self.classifier)
-        modes = [m.training for m in parts]
-        for m in parts:
-            m.eval()
-        try:
+
+        def judge() -> torch.Tensor:
             h = _frozen(encoder.cnn, x, role)  # (B, out_features)
             mu_c = _frozen(encoder.content_head, h).chunk(2, 1)[0]  # (B, content_dim)
             return _frozen(self.classifier, mu_c)  # (B, K)
-        finally:
-            for m, mode in zip(parts, modes, strict=True):
-                m.train(mode)
+
+        return _in_eval_mode((encoder.cnn, encoder.content_head, self.classifier), judge)
 
     def forward_train(
         self,

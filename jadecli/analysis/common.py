@@ -34,7 +34,13 @@ from jadecli.compute import (
 )
 from jadecli.config import ConfigError, RunSource, TrainConfig
 from jadecli.data.core import Dataset, ImageSet, default_data_dir
-from jadecli.data.pair import aux_used_index, labeled_index, load_pair, split_labeled
+from jadecli.data.pair import (
+    aux_used_index,
+    labeled_index,
+    load_pair,
+    rest_index,
+    split_labeled,
+)
 from jadecli.errors import DataError, JadeError, RunDirError, StorageError, UsageError
 from jadecli.model import RoleModel, build_model
 from jadecli.progress import Reporter
@@ -100,11 +106,8 @@ class LoadedRun:
         else:  # train-unlabeled: neither trained on nor held out as validation
             if used is None:
                 return None
-            keep = torch.ones(len(ds.train), dtype=torch.bool)
-            keep[used] = False
-            if role == PRIMARY and self.val_index is not None:
-                keep[self.val_index] = False
-            part = ds.train.subset(torch.nonzero(keep).flatten())
+            val = self.val_index if role == PRIMARY else None
+            part = ds.train.subset(rest_index(len(ds.train), used, val))
         if limit is not None and len(part) > limit:
             part = part.subset(torch.arange(limit))
         return part if len(part) else None

@@ -50,31 +50,35 @@ def unlabeled_sources(value: str) -> list[str]:
     return [s for s in value.split(",") if s] if value else []
 
 
+def folder_source(source: str) -> Path | None:
+    """The folder an `--unlabeled` source names (`folder:PATH`, or a PATH that is not `rest` or
+    a dataset's name), as given with ~ expanded; None for `rest` and dataset names."""
+    if source.startswith("folder:"):
+        return Path(source[len("folder:") :]).expanduser()
+    return None if source == "rest" or source in DATASETS else Path(source).expanduser()
+
+
 def primary_overlap(primary: str, value: str) -> str | None:
     """Why an `--unlabeled` source would give the model the primary's own labeled, --val or
     test images as unlabeled ones (the dataset itself; a folder inside or around the primary's
     folder), or None. `rest` is the way to its other training images."""
-    home = _folder_path(primary) if primary.startswith("folder:") else None
+    home = folder_source(primary) if primary.startswith("folder:") else None
     for source in unlabeled_sources(value):
         if source == primary and source in DATASETS:
             return (
                 f"{source} is the primary itself: its labeled and --val images would be "
                 "trained on again as unlabeled ones"
             )
-        if home is None or source == "rest" or source in DATASETS:
+        folder = folder_source(source)
+        if home is None or folder is None:
             continue
-        where = _folder_path(source)
-        if where == home or home in where.parents or where in home.parents:
+        where, root = folder.resolve(), home.resolve()
+        if where == root or root in where.parents or where in root.parents:
             return (
                 f"{source} holds images of the primary's folder ({primary}): labeled, --val "
                 "or test images would be trained on as unlabeled ones"
             )
     return None
-
-
-def _folder_path(source: str) -> Path:
-    text = source[len("folder:") :] if source.startswith("folder:") else source
-    return Path(text).expanduser().resolve()
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jadecli.config.data_options import folder_source
 from jadecli.data.core import Dataset
 from jadecli.data.folder import UnreadableImage, probe, walk_images
 from jadecli.data.memory import MemoryBudget
@@ -127,8 +128,8 @@ def load_unlabeled(
             parts.append(primary.train.images[rest])
             digest = _digest([str(i) for i in rest.tolist()])
             records.append(SourceRecord(source, "rest", len(rest), False, digest))
-        elif _is_folder(source):
-            images, streamed, record = _folder(source, recipe, budget, warn)
+        elif (root := folder_source(source)) is not None:
+            images, streamed, record = _folder(source, root, recipe, budget, warn)
             (files.extend if streamed else parts.append)(images)  # type: ignore[operator]
             records.append(record)
         else:
@@ -140,17 +141,11 @@ def load_unlabeled(
     return UnlabeledImages(resident, files, recipe, records)
 
 
-def _is_folder(source: str) -> bool:
-    from jadecli.config.options import DATASETS
-
-    return source.startswith("folder:") or source not in DATASETS
-
-
 def _folder(
-    source: str, recipe: ImageRecipe, budget: MemoryBudget, warn: Warn
+    source: str, root: Path, recipe: ImageRecipe, budget: MemoryBudget, warn: Warn
 ) -> tuple[torch.Tensor | list[Path], bool, SourceRecord]:
-    """A folder's images: decoded into memory when they fit the budget, else their files."""
-    root = Path(source[len("folder:") :] if source.startswith("folder:") else source).expanduser()
+    """The images of folder `root` (source `source`): decoded into memory when they fit the
+    budget, else their files."""
     where = f"{FLAG} {source}"
     if not root.is_dir():
         raise DataError(f"{where}: no such folder {root}")

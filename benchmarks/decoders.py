@@ -50,9 +50,10 @@ def score(run: Path, n: int, styles: int, data_dir: str | None, by_confidence: b
                 pick(model, role, images, n, 1, loaded.device),  # contents, reconstructions
                 pick(model, role, images, styles, 2, loaded.device),  # styles of the swaps
             )
+        recon: dict[str, torch.Tensor] = {}  # the model's class of each reconstruction
         for role, name in ((PRIMARY, "recon P"), (AUXILIARY, "recon A")):
             p = picked[role][0]
-            _, predicted = reconstructions(model, p)
+            recon[role] = predicted = reconstructions(model, p)[1]
             cells[name] = (agreement(predicted, p.part.labels), agreement(predicted, p.predicted))
         for name, c_role, s_role in (("A->P", AUXILIARY, PRIMARY), ("P->A", PRIMARY, AUXILIARY)):
             content, style = picked[c_role][0], picked[s_role][1]
@@ -66,7 +67,7 @@ def score(run: Path, n: int, styles: int, data_dir: str | None, by_confidence: b
         line = f"| {run} | {100 * accuracy:.1f} | " + " | ".join(pct(v) for v in cells.values())
         if by_confidence:
             confidence = model.classifier(p.mu_c).float().softmax(1).max(1).values.cpu()
-            kept = reconstructions(model, p)[1] == p.predicted
+            kept = recon[PRIMARY] == p.predicted
             for lo, hi in BANDS:
                 band = (confidence >= lo) & (confidence < hi)
                 share = kept[band].double().mean().item() if band.any() else float("nan")

@@ -51,7 +51,6 @@ import hashlib
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ import yaml
 
 from benchmarks.accuracy import DIFFERENCE_HEADER, PAIRS, difference_row
 from benchmarks.step_speed import cpu_description
+from jadecli.summarize import mean_std
 
 PAIR = PAIRS["mnistm10-unl"]
 RUNNER = Path(__file__).resolve().parent / "peers_dann.py"
@@ -372,14 +372,6 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def render(
     args: argparse.Namespace,
     peers: list[PeerResult],
@@ -454,15 +446,15 @@ def render(
     if len(done) > 1:
         lines += ["| method | seeds | dev acc (mean ± sd) | test acc (mean ± sd) |"]
         lines += ["| --- | --- | --- | --- |"]
-        dev = mean_sd([p.dev for p in done if p.dev is not None])
-        test = mean_sd([p.test for p in done if p.test is not None])
+        dev = mean_std([p.dev for p in done if p.dev is not None])
+        test = mean_std([p.test for p in done if p.test is not None])
         lines.append(f"| DANN (pytorch-adapt) | {len(done)} | {dev} | {test} |")
         for model in models:
             rows = [r for r in usable if r.model == model]
             lines.append(
                 f"| jadecli {model} | {len(rows)} | "
-                f"{mean_sd([r.dev for r in rows if r.dev is not None])} | "
-                f"{mean_sd([r.test for r in rows if r.test is not None])} |"
+                f"{mean_std([r.dev for r in rows if r.dev is not None])} | "
+                f"{mean_std([r.test for r in rows if r.test is not None])} |"
             )
         lines.append("")
     diffs, notes = [], []
